@@ -1,0 +1,113 @@
+"""
+Checkpoints and metrics shared by sft.py and tgrpo.py.
+
+A checkpoint is a folder `out_dir/step_000100/` holding
+  - the model and tokenizer in the Hugging Face layout (load it anywhere with from_pretrained),
+  - state/: what resuming needs (weights, optimizer, scheduler) as `accelerate` saves it, so the
+    same code is right for DDP, FSDP and DeepSpeed (sharded states stay sharded),
+  - trainer.json: step, data position, the resolved run config.
+It is written into `step_000100.tmp/` and renamed once complete, so a crash mid-write never leaves
+a half checkpoint that resume would pick up. Sampling seeds are derived from (seed, rank, step),
+so no random-number state needs saving for an exact resume.
+"""
+import json
+import os
+import re
+import shutil
+import time
+
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def save_checkpoint(accelerator, model, tokenizer, out_dir, step, trainer_state, keep_last=2):
+    """Write checkpoint `out_dir/step_{step:06d}` atomically; keep the newest `keep_last`."""
+    final = os.path.join(out_dir, f"step_{step:06d}")
+    tmp = final + ".tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(os.path.join(tmp, "state"))
+    full_state = accelerator.get_state_dict(model)  # gathers shards under FSDP / ZeRO-3
+    hf = hf_model(accelerator.unwrap_model(model))
+    if accelerator.is_main_process:
+        prefix = "hf."  # VisionOnceLM keeps the Hugging Face model as .hf
+        full_state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in full_state.items()}
+        hf.save_pretrained(tmp, state_dict=full_state)
+        tokenizer.save_pretrained(tmp)
+        with open(os.path.join(tmp, "trainer.json"), "w") as f:
+            json.dump({"step": step, "time": time.time(), **trainer_state}, f, indent=1)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(out_dir)[:-keep_last]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def list_checkpoints(out_dir):
+    """Complete checkpoints in `out_dir`, oldest first (`.tmp` folders are ignored)."""
+    if not os.path.isdir(out_dir):
+        return []
+    steps = sorted(int(m.group(1)) for d in os.listdir(out_dir) if (m := STEP_DIR.match(d)))
+    return [os.path.join(out_dir, f"step_{s:06d}") for s in steps]
+
+
+def load_checkpoint(accelerator, path):
+    """Restore weights, optimizer and scheduler from `path` (prepared objects) and return trainer.json."""
+    accelerator.load_state(os.path.join(path, "state"))
+    with open(os.path.join(path, "trainer.json")) as f:
+        return json.load(f)
+
+
+def resolve_resume(resume, out_dir):
+    """`resume` is False/None (fresh run), True/"latest" (newest in out_dir, or fresh if none) or a path."""
+    if not resume:
+        return None
+    if resume is True or resume == "latest":
+        found = list_checkpoints(out_dir)
+        return found[-1] if found else None
+    if not os.path.isfile(os.path.join(resume, "trainer.json")):
+        raise FileNotFoundError(f"resume: {resume} is not a complete checkpoint (no trainer.json)")
+    return resume
+
+
+def resolve_model_path(path):
+    """A Hugging Face model folder, or a training out_dir whose newest complete step_* is taken."""
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path
+    found = list_checkpoints(path)
+    if found:
+        return found[-1]
+    raise FileNotFoundError(f"model_path {path}: neither a Hugging Face model folder (config.json) "
+                            f"nor a training output with step_* checkpoints")
+
+
+def hf_model(model):
+    """The Hugging Face model inside a VisionOnceLM (or the model itself)."""
+    return getattr(model, "hf", model)
+
+
+class MetricsLog:
+    """One JSON line per step in out_dir/metrics.jsonl, plus the accelerate trackers when enabled."""
+
+    def __init__(self, accelerator, out_dir, resume_step=0):
+        self.accelerator = accelerator
+        self.path = os.path.join(out_dir, "metrics.jsonl")
+        if accelerator.is_main_process:
+            os.makedirs(out_dir, exist_ok=True)
+            lines = []
+            if resume_step and os.path.exists(self.path):
+                # keep the steps up to the checkpoint we resume from: later ones will run again
+                with open(self.path) as f:
+                    lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= resume_step]
+            with open(self.path, "w") as f:
+                f.writelines(lines)
+
+    def log(self, metrics):
+        if self.accelerator.is_main_process:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+        self.accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                             step=metrics.get("step"))
