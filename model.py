@@ -130,3 +130,254 @@ def load_model(path, dtype=torch.float32, device="cpu", attn_implementation=None
 def stop_token_ids(tokenizer):
     """Ids that end a completion: <|im_end|> (end of turn) and <|endoftext|>."""
     return [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+
+
+def rope_positions(input_ids, attention_mask, visuals, config):
+    """M-RoPE position ids [3, B, L] (temporal, height, width axes) of a left-padded batch.
+
+    Text tokens count up by one on all three axes. A visual starting at position s gets, per merged
+    token at (frame pair i, row y, column x): temporal s + int(i * tokens_per_second * second_per_grid_t)
+    (s for images), height s + y, width s + x. The text after a visual resumes at the largest position
+    so far + 1 (Qwen2.5-VL's rule; transformers 5.23's get_rope_index instead resumes at
+    s + max(rows, cols), which differs for videos whose temporal ids outrun their height/width).
+    Pads get 0 (they are masked). `visuals[b]` is row b's visual dict or None.
+
+    Example: image with grid_thw (1, 4, 6), i.e. 2x3 merged tokens I, one left pad:
+        tokens    pad  sys <vs>  I  I  I  I  I  I <ve> txt
+        temporal   0    0    1   2  2  2  2  2  2   5   6
+        height     0    0    1   2  2  2  3  3  3   5   6
+        width      0    0    1   2  3  4  2  3  4   5   6
+    """
+    merge = config.vision_config.spatial_merge_size
+    pad_id = {"image": config.image_token_id, "video": config.video_token_id}
+    positions = torch.zeros(3, *input_ids.shape, dtype=torch.long)  # [3, B, L]
+    for b, (ids, mask, visual) in enumerate(zip(input_ids.cpu(), attention_mask.cpu().bool(), visuals)):
+        ids = ids[mask]  # [n] the row without its left padding
+        is_vis = (ids == config.image_token_id) | (ids == config.video_token_id)  # [n]
+        if visual is None:
+            if is_vis.any():
+                raise ValueError(f"row {b}: visual pad tokens but no visual")
+            positions[:, b, mask] = torch.arange(len(ids))
+            continue
+        t, h, w = visual["grid_thw"].tolist()
+        t, h, w = t, h // merge, w // merge  # in merged-token units
+        where = is_vis.nonzero().flatten()  # [t*h*w]
+        start = int(where[0]) if len(where) else 0
+        if len(where) != t * h * w or int(where[-1]) != start + t * h * w - 1 or \
+                not (ids[where] == pad_id[visual["kind"]]).all():
+            raise ValueError(f"row {b}: expected one run of {t * h * w} {visual['kind']} pad tokens, "
+                             f"found {len(where)}")
+        if visual["kind"] == "video":  # float32 as in HF, so the truncation agrees bit for bit
+            interval = config.vision_config.tokens_per_second * torch.tensor(visual["second_per_grid_t"])
+            t_ids = (torch.arange(t) * interval).long()  # [t] e.g. [0, 2, 4, 6]
+        else:
+            t_ids = torch.zeros(t, dtype=torch.long)
+        vis = torch.stack(torch.meshgrid(t_ids, torch.arange(h), torch.arange(w), indexing="ij")).reshape(3, -1)
+        before = torch.arange(start).expand(3, -1)  # [3, start]
+        vis = vis + start  # [3, t*h*w]
+        after = torch.arange(len(ids) - start - t * h * w).expand(3, -1) + vis.max() + 1
+        positions[:, b, mask] = torch.cat([before, vis, after], dim=1)
+    return positions.to(input_ids.device)
+
+
+def continue_positions(positions, steps):
+    """Positions [3, B, steps] of the tokens that follow a prompt: max prompt position + 1, + 2, ...
+    on all three axes (generated text is text). positions: [3, B, L] from rope_positions."""
+    start = positions.amax(dim=(0, 2)) + 1  # [B]
+    return (start[:, None] + torch.arange(steps, device=positions.device)).expand(3, -1, -1)  # [3, B, steps]
+
+
+def embed_prompts(hf, input_ids, visuals):
+    """Input embeddings [B, L, D] of prompts, visual features scattered over their pad tokens.
+
+    Each distinct visual (same dict object) goes through the vision tower once, all of them in a
+    single call (the tower keeps visuals apart with its own attention boundaries).
+    """
+    embeds = hf.get_input_embeddings()(input_ids)  # [B, L, D]
+    distinct = {id(v): v for v in visuals if v is not None}  # keeps first-seen order
+    if not distinct:
+        return embeds
+    slot = {key: i for i, key in enumerate(distinct)}
+    visual_tower = hf.model.visual
+    pixel_values = torch.cat([v["pixel_values"] for v in distinct.values()])  # [N, 3*2*14*14]
+    grid_thw = torch.stack([v["grid_thw"] for v in distinct.values()]).to(input_ids.device)  # [V, 3]
+    features = visual_tower(pixel_values.to(input_ids.device, visual_tower.dtype), grid_thw=grid_thw).pooler_output
+    features = features.split((grid_thw.prod(-1) // visual_tower.spatial_merge_size ** 2).tolist())  # V x [n_v, D]
+    per_row = torch.cat([features[slot[id(v)]] for v in visuals if v is not None])  # [sum over rows, D]
+    is_vis = (input_ids == hf.config.image_token_id) | (input_ids == hf.config.video_token_id)  # [B, L]
+    if int(is_vis.sum()) != len(per_row):
+        raise ValueError(f"{int(is_vis.sum())} visual pad tokens in the batch but {len(per_row)} visual features")
+    return embeds.masked_scatter(is_vis[..., None], per_row.to(embeds.dtype))  # row-major, matching per_row
+
+
+class VisionOnceLM(nn.Module):
+    """Log-probs of completion tokens in ONE forward: vision once + language model + LM head at the
+    completion positions only + float32 log-softmax.
+
+    One forward call matters under DDP/FSDP/DeepSpeed: wrap this module (accelerator.prepare), not the
+    HF model, so gradient sync and parameter sharding see the whole computation. The HF model is `.hf`.
+
+    Rows are left-padded prompt + right-padded completion, so every completion starts at column Lp and
+    the logits that predict it are hidden[:, Lp-1 : Lp-1+T]. Prompts are encoded once (P of them) and
+    copied into their rows with prompt_index.
+
+    Shapes: input_ids, attention_mask [P, Lp]; visuals list of P; prompt_index, lengths [R];
+    completion_ids [R, T] -> log-probs [R, T] float32, 0 past each row's length.
+    """
+
+    def __init__(self, hf):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, input_ids, attention_mask, visuals, prompt_index, completion_ids, lengths, temperature=1.0):
+        hf, device = self.hf, self.hf.device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        prompt_index, completion_ids, lengths = prompt_index.to(device), completion_ids.to(device), lengths.to(device)
+        Lp, T = input_ids.shape[1], completion_ids.shape[1]
+        positions = rope_positions(input_ids, attention_mask, visuals, hf.config)  # [3, P, Lp]
+        positions = torch.cat([positions, continue_positions(positions, T)], dim=2)[:, prompt_index]  # [3, R, Lp+T]
+        completion_mask = torch.arange(T, device=device) < lengths[:, None]  # [R, T]
+        mask = torch.cat([attention_mask[prompt_index], completion_mask.long()], dim=1)  # [R, Lp+T]
+        embeds = torch.cat([embed_prompts(hf, input_ids, visuals)[prompt_index],
+                            hf.get_input_embeddings()(completion_ids)], dim=1)  # [R, Lp+T, D]
+        hidden = hf.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                         use_cache=False).last_hidden_state  # [R, Lp+T, D]
+        logits = hf.lm_head(hidden[:, Lp - 1: Lp - 1 + T]).float() / temperature  # [R, T, V]
+        # log_softmax gathered = logit - logsumexp, without materialising a second [R, T, V] tensor
+        logp = logits.gather(-1, completion_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)  # [R, T]
+        return logp.masked_fill(~completion_mask, 0.0)
+
+
+def micro_batches(prompt_index, micro_batch_size):
+    """Split rows 0..R-1 into consecutive chunks of at most micro_batch_size rows, cutting between
+    prompt groups where possible (a chunk then encodes fewer distinct visuals).
+
+    >>> micro_batches(torch.tensor([0, 0, 0, 1, 1, 2]), 4)
+    [tensor([0, 1, 2]), tensor([3, 4, 5])]
+    """
+    R = len(prompt_index)
+    if micro_batch_size is None or micro_batch_size >= R:
+        return [torch.arange(R)]
+    starts = [0] + [r for r in range(1, R) if prompt_index[r] != prompt_index[r - 1]] + [R]  # group bounds
+    chunks, begin, end = [], 0, 0
+    for group_end in starts[1:]:
+        if group_end - begin > micro_batch_size:  # this group does not fit: close the chunk
+            if end > begin:
+                chunks.append(torch.arange(begin, end))
+                begin = end
+            while group_end - begin > micro_batch_size:  # a group larger than a micro-batch is cut
+                chunks.append(torch.arange(begin, begin + micro_batch_size))
+                begin += micro_batch_size
+        end = group_end
+    chunks.append(torch.arange(begin, end))
+    return chunks
+
+
+def token_logprobs(model, batch, prompt_index, completion_ids, lengths, temperature=1.0, micro_batch_size=None):
+    """Log-probs [R, T] (float32) of each row's completion tokens; 0 past the row's length.
+
+    model: a plain HF model (wrapped in VisionOnceLM on the fly) or a VisionOnceLM, possibly wrapped by
+    accelerate (DDP/FSDP/DeepSpeed). batch: collate() output of the P prompts; prompt_index [R] says
+    which prompt each row continues. Logits are divided by `temperature` (the sampling temperature,
+    so that log-probs are those of the sampling policy). Gradients flow when grad is enabled; under a
+    distributed wrapper call it once per micro-batch and backward before the next call.
+
+    Micro-batches (see micro_batches) bound memory; each encodes only the visuals of its own prompts
+    and trims the left padding and completion length it does not need.
+
+    SFT is the same computation: the target (+ <|im_end|>) is the "completion", and
+    loss = -(token_logprobs(model, batch, arange(P), target_ids, target_lengths).sum() / target_lengths.sum())
+    is next-token cross-entropy over the assistant tokens only.
+
+    >>> out = generate(hf, batch, n=8, max_new_tokens=64)
+    >>> logp = token_logprobs(hf, batch, out["prompt_index"], out["completion_ids"], out["lengths"])  # [R, T]
+    """
+    policy = VisionOnceLM(model) if isinstance(model, PreTrainedModel) else model
+    R, T = completion_ids.shape
+    outs = []
+    for rows in micro_batches(prompt_index, micro_batch_size):
+        used, local_index = torch.unique(prompt_index[rows], return_inverse=True)  # prompts of this chunk
+        mask = batch["attention_mask"][used]  # [p, Lp]
+        first = int(mask.any(0).long().argmax())  # leading columns that are padding in every prompt
+        Tc = max(1, int(lengths[rows].max()))
+        logp = policy(batch["input_ids"][used][:, first:], mask[:, first:], [batch["visuals"][p] for p in used],
+                      local_index, completion_ids[rows, :Tc], lengths[rows], temperature)  # [r, Tc]
+        outs.append(F.pad(logp, (0, T - Tc)))
+    return torch.cat(outs)  # [R, T]; chunks are consecutive rows in order
+
+
+def sample_next(logits, temperature, top_p, generator):
+    """Next token per row from logits [R, V]: argmax when temperature == 0, else a sample from
+    softmax(logits / temperature) restricted to the smallest set of top tokens whose mass >= top_p."""
+    if temperature == 0:
+        return logits.argmax(-1)  # [R]
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # [R, V]
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)  # [R, V]
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # mass before it already reaches top_p
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [R]
+
+
+def generate(model, batch, n, max_new_tokens, temperature=1.0, top_p=1.0, generator=None, stop_ids=None):
+    """Sample n completions for each of P prompts with a KV cache, prompts prefilled once.
+
+    The P prompts are prefilled together as one left-padded batch (vision once); each prompt's cache
+    is copied into its n rows; all R = sum(n) rows then decode together. A row is finished once it
+    emits a stop id; finished rows keep decoding pad tokens (harmless: masks come from `lengths`).
+
+    model: plain HF model. batch: collate() output. n: int or list of P ints. temperature 0 = greedy.
+    stop_ids: default generation_config.eos_token_id; [] = never stop. generator: torch.Generator on
+    the model's device, for reproducible samples. The model is put in eval mode (which also switches
+    HF gradient checkpointing off, it only runs in training mode) and restored afterwards.
+
+    Returns {"prompt_index": [R], "completion_ids": [R, T] (pad id after the end),
+             "lengths": [R] (tokens incl. the stop token), "truncated": [R] bool (no stop token)}.
+
+    >>> out = generate(hf, batch, n=[2, 1], max_new_tokens=5)  # 2 prompts -> 3 rows
+    >>> out["prompt_index"], out["lengths"], out["truncated"]
+    (tensor([0, 0, 1]), tensor([5, 3, 5]), tensor([True, False, True]))
+    """
+    device = model.device
+    P = batch["input_ids"].shape[0]
+    counts = torch.tensor([n] * P if isinstance(n, int) else list(n))  # [P]
+    prompt_index = torch.repeat_interleave(torch.arange(P), counts).to(device)  # [R]
+    if stop_ids is None:
+        stop_ids = model.generation_config.eos_token_id
+    stop_ids = torch.tensor([stop_ids] if isinstance(stop_ids, int) else list(stop_ids), dtype=torch.long,
+                            device=device)
+    pad_id = model.generation_config.pad_token_id
+    lm, embed = model.model.language_model, model.get_input_embeddings()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # [P, L]
+            positions = rope_positions(input_ids, mask, batch["visuals"], model.config)  # [3, P, L]
+            out = lm(inputs_embeds=embed_prompts(model, input_ids, batch["visuals"]), attention_mask=mask,
+                     position_ids=positions, use_cache=True)
+            cache = out.past_key_values
+            cache.batch_select_indices(prompt_index)  # each prompt's cache copied into its n rows
+            logits = model.lm_head(out.last_hidden_state[prompt_index, -1])  # [R, V]
+            mask = mask[prompt_index]  # [R, L]
+            next_pos = continue_positions(positions, max_new_tokens)[:, prompt_index]  # [3, R, max_new_tokens]
+            R = len(prompt_index)
+            finished = torch.zeros(R, dtype=torch.bool, device=device)  # [R]
+            lengths = torch.full((R,), max_new_tokens, dtype=torch.long, device=device)  # [R]
+            tokens = []
+            for step in range(max_new_tokens):
+                token = sample_next(logits, temperature, top_p, generator).masked_fill(finished, pad_id)  # [R]
+                tokens.append(token)
+                stopped = ~finished & torch.isin(token, stop_ids)  # [R]
+                lengths[stopped] = step + 1
+                finished |= stopped
+                if finished.all() or step == max_new_tokens - 1:
+                    break
+                mask = torch.cat([mask, mask.new_ones(R, 1)], dim=1)  # [R, L+step+1]
+                out = lm(inputs_embeds=embed(token[:, None]), attention_mask=mask,
+                         position_ids=next_pos[:, :, step:step + 1], past_key_values=cache, use_cache=True)
+                logits = model.lm_head(out.last_hidden_state[:, -1])  # [R, V]
+    finally:
+        model.train(was_training)
+    return {"prompt_index": prompt_index, "completion_ids": torch.stack(tokens, dim=1),  # [R, T]
+            "lengths": lengths, "truncated": ~finished}

@@ -1,0 +1,308 @@
+"""Tests of model.py on a tiny random Qwen2.5-VL: positions, sampling engine and log-probs must agree with
+the Hugging Face model's own computations. Run: python -m pytest -q test_model.py"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
+
+import data
+from model import (VisionOnceLM, continue_positions, generate, load_model, make_tiny_checkpoint, micro_batches,
+                   rope_positions, sample_next, stop_token_ids, token_logprobs)
+
+TEXTS = [data.QUESTION_TEMPLATE, *data.TYPE_TEMPLATE.values(), data.SYSTEM_PROMPT,
+         "<think>let me think, the red square moves left. wait, yes.</think>\n<answer>A</answer>",
+         "What colour is the square?Options:\nA. red\nB. blue\nC. green\nD. yellow\n", "How many squares? 3.14 42"]
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny")
+    make_tiny_checkpoint(path, TEXTS)
+    return path
+
+
+@pytest.fixture(scope="session")
+def loaded(ckpt):
+    return load_model(ckpt)
+
+
+def frames(T, H, W, seed):
+    return torch.rand(T, 3, H, W, generator=torch.Generator().manual_seed(seed))  # [T, 3, H, W] in [0, 1]
+
+
+def row(data_type, question):
+    return {"problem": question, "data_type": data_type, "problem_type": "multiple choice",
+            "options": ["A. red", "B. blue"]}
+
+
+def text_prompt(question):
+    return (f"<|im_start|>system\n{data.SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
+            f"<|im_start|>assistant\n")
+
+
+def mixed_batch(tokenizer):
+    """Left-padded batch of 4 prompts of different lengths: video, image, text only, video.
+    Videos are chosen so that HF 5.23's rope index agrees with Qwen2.5-VL's (see the long-video test)."""
+    visuals = [data.make_visual(frames(4, 112, 112, 0), 1.0),   # grid (2, 8, 8): 32 tokens, temporal ids 0, 2
+               data.make_visual(frames(1, 56, 84, 1), None),    # grid (1, 4, 6): 6 tokens
+               None,
+               data.make_visual(frames(4, 56, 112, 2), 0.5)]    # grid (2, 4, 8): 16 tokens, temporal ids 0, 1
+    prompts = [data.prompt_text(row("video", "Which way does it move?")),
+               data.prompt_text(row("image", "What colour?")),
+               text_prompt("How many squares are there? Please think."),
+               data.prompt_text(row("video", "Why?"))]
+    return data.collate(prompts, visuals, tokenizer)
+
+
+def hf_inputs(input_ids, visuals, config):
+    """What HF Qwen2.5-VL wants for rows that each carry their own visual: token types, and the visuals'
+    pixels concatenated in row order, images and videos separately."""
+    types = torch.zeros_like(input_ids)  # [B, L] 0 text, 1 image, 2 video
+    types[input_ids == config.image_token_id] = 1
+    types[input_ids == config.video_token_id] = 2
+    images = [v for v in visuals if v is not None and v["kind"] == "image"]
+    videos = [v for v in visuals if v is not None and v["kind"] == "video"]
+    out = {"mm_token_type_ids": types}
+    if images:
+        out |= {"pixel_values": torch.cat([v["pixel_values"] for v in images]),
+                "image_grid_thw": torch.stack([v["grid_thw"] for v in images])}
+    if videos:
+        out |= {"pixel_values_videos": torch.cat([v["pixel_values"] for v in videos]),
+                "video_grid_thw": torch.stack([v["grid_thw"] for v in videos]),
+                "second_per_grid_ts": torch.tensor([v["second_per_grid_t"] for v in videos])}
+    return out
+
+
+def hf_completion_logprobs(hf, batch, prompt_index, completion_ids, lengths, temperature=1.0, labels=False):
+    """Reference: plain HF forward over full rows (each row re-encodes its own copy of the visual)."""
+    T, Lp = completion_ids.shape[1], batch["input_ids"].shape[1]
+    completion_mask = torch.arange(T) < lengths[:, None]  # [R, T]
+    input_ids = torch.cat([batch["input_ids"][prompt_index], completion_ids], dim=1)  # [R, Lp+T]
+    mask = torch.cat([batch["attention_mask"][prompt_index], completion_mask.long()], dim=1)  # [R, Lp+T]
+    visuals = [batch["visuals"][p] for p in prompt_index.tolist()]
+    hf.model.rope_deltas = None  # HF caches it across calls; start clean
+    kwargs = hf_inputs(input_ids, visuals, hf.config)
+    if labels:  # SFT-style labels: prompt and padding ignored
+        kwargs["labels"] = torch.cat([torch.full_like(batch["input_ids"][prompt_index], -100),
+                                      completion_ids.masked_fill(~completion_mask, -100)], dim=1)
+    out = hf(input_ids=input_ids, attention_mask=mask, **kwargs)
+    logits = out.logits[:, Lp - 1: Lp - 1 + T].float() / temperature  # [R, T, V]
+    logp = logits.log_softmax(-1).gather(-1, completion_ids[..., None]).squeeze(-1)  # [R, T]
+    return logp * completion_mask, out.loss
+
+
+def random_completions(tokenizer, counts, T, seed):
+    """Completion rows of plain (non-special) tokens with varied lengths."""
+    g = torch.Generator().manual_seed(seed)
+    prompt_index = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))  # [R]
+    first_special = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    completion_ids = torch.randint(0, first_special, (len(prompt_index), T), generator=g)  # [R, T]
+    lengths = torch.randint(1, T + 1, (len(prompt_index),), generator=g)  # [R]
+    lengths[0] = T
+    return prompt_index, completion_ids, lengths
+
+
+def test_tiny_checkpoint_loads_like_a_real_one(ckpt, loaded, tmp_path):
+    model, tokenizer = loaded
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in
+           ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+            "<|video_pad|>"]]
+    first = ids[0]
+    assert ids == [first, first + 1, first + 2, first + 9, first + 10, first + 12, first + 13]  # Qwen's order
+    assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.eos_token == "<|im_end|>"
+    assert type(tokenizer).__name__ == "Qwen2Tokenizer" and tokenizer.padding_side == "left"
+    assert model.config.text_config.vocab_size == len(tokenizer)
+    assert (model.config.vision_start_token_id, model.config.vision_end_token_id,
+            model.config.image_token_id, model.config.video_token_id) == tuple(ids[3:])
+    assert list(model.generation_config.eos_token_id) == stop_token_ids(tokenizer) == [ids[2], ids[0]]
+    assert tokenizer.decode(tokenizer.encode("<|im_start|>wait, 42<|im_end|>"), skip_special_tokens=True) == "wait, 42"
+    # the chat template renders SPEC 1.2's ChatML, which is also what data.prompt_text builds
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Why?"}]}]
+    rendered = AutoTokenizer.from_pretrained(ckpt).apply_chat_template(messages, tokenize=False,
+                                                                       add_generation_prompt=True)
+    assert rendered == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                        "<|vision_start|><|video_pad|><|vision_end|>Why?<|im_end|>\n<|im_start|>assistant\n")
+    # deterministic from the seed, different across seeds
+    make_tiny_checkpoint(tmp_path / "same", TEXTS)
+    make_tiny_checkpoint(tmp_path / "other", TEXTS, seed=1)
+    a, b, c = (load_file(p / "model.safetensors") for p in (ckpt, tmp_path / "same", tmp_path / "other"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["lm_head.weight"], c["lm_head.weight"])
+    assert json.load(open(ckpt / "tokenizer.json")) == json.load(open(tmp_path / "same" / "tokenizer.json"))
+
+
+def test_rope_positions_match_hf_get_rope_index(loaded):
+    model, tokenizer = loaded
+    batch = mixed_batch(tokenizer)
+    mask = batch["attention_mask"]
+    assert len(set(mask.sum(1).tolist())) == 4  # real left padding in every row but the longest
+    ours = rope_positions(batch["input_ids"], mask, batch["visuals"], model.config)  # [3, B, L]
+    kw = hf_inputs(batch["input_ids"], batch["visuals"], model.config)
+    theirs, _ = model.model.get_rope_index(batch["input_ids"], kw.pop("mm_token_type_ids"), attention_mask=mask,
+                                           **{k: v for k, v in kw.items() if "grid" in k})
+    assert torch.equal(ours, theirs)
+    assert not torch.equal(ours[0], ours[1])  # the visual rows really are 3-D
+
+
+def test_rope_positions_follow_qwen25_after_a_long_video():
+    """Worked examples with numbers by hand. The video case is where transformers 5.23's get_rope_index
+    resumes text at start + max(h, w) = 4 instead of Qwen2.5-VL's max position + 1 = 9."""
+    class Config:  # only what rope_positions reads
+        image_token_id, video_token_id = 7, 8
+        class vision_config:
+            spatial_merge_size, tokens_per_second = 2, 2
+    # video grid (4, 4, 4): 4 frame pairs of 2x2 merged tokens, 1 s per pair -> temporal ids 0, 2, 4, 6
+    video = {"kind": "video", "grid_thw": torch.tensor([4, 4, 4]), "second_per_grid_t": 1.0}
+    ids = torch.tensor([[0, 1, 5] + [8] * 16 + [6, 1]])  # pad, text, <vs>, 16 video tokens, <ve>, text
+    mask = torch.tensor([[0] + [1] * 20])
+    pos = rope_positions(ids, mask, [video], Config)[:, 0]  # [3, L]
+    vt = torch.tensor([0, 2, 4, 6]).repeat_interleave(4) + 2
+    vh = torch.tensor([0, 0, 1, 1]).repeat(4) + 2
+    vw = torch.tensor([0, 1, 0, 1]).repeat(4) + 2
+    assert pos[0].tolist() == [0, 0, 1] + vt.tolist() + [9, 10]
+    assert pos[1].tolist() == [0, 0, 1] + vh.tolist() + [9, 10]
+    assert pos[2].tolist() == [0, 0, 1] + vw.tolist() + [9, 10]
+    assert continue_positions(pos[:, None], 2)[:, 0].tolist() == [[11, 12]] * 3
+    # the docstring's image example: grid (1, 4, 6) -> 2x3 merged tokens
+    image = {"kind": "image", "grid_thw": torch.tensor([1, 4, 6]), "second_per_grid_t": None}
+    ids = torch.tensor([[0, 1, 5] + [7] * 6 + [6, 1]])
+    pos = rope_positions(ids, torch.tensor([[0] + [1] * 10]), [image], Config)[:, 0]
+    assert pos.tolist() == [[0, 0, 1, 2, 2, 2, 2, 2, 2, 5, 6], [0, 0, 1, 2, 2, 2, 3, 3, 3, 5, 6],
+                            [0, 0, 1, 2, 3, 4, 2, 3, 4, 5, 6]]
+    with pytest.raises(ValueError, match="row 0"):  # a visual without its pad tokens fails loudly
+        rope_positions(torch.tensor([[0, 1]]), torch.tensor([[1, 1]]), [image], Config)
+
+
+def test_greedy_generate_matches_hf_generate(loaded):
+    model, tokenizer = loaded
+    batch = mixed_batch(tokenizer)
+    out = generate(model, batch, n=1, max_new_tokens=12, temperature=0)
+    model.model.rope_deltas = None
+    hf_out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                            **hf_inputs(batch["input_ids"], batch["visuals"], model.config), do_sample=False,
+                            max_new_tokens=12, eos_token_id=stop_token_ids(tokenizer),
+                            pad_token_id=tokenizer.pad_token_id)
+    hf_completions = hf_out[:, batch["input_ids"].shape[1]:]  # [B, T]
+    assert torch.equal(out["completion_ids"], hf_completions)
+    assert out["prompt_index"].tolist() == [0, 1, 2, 3]
+    assert (out["lengths"] > 5).all()  # non-trivial sequences were compared ...
+    assert len({tuple(r) for r in out["completion_ids"].tolist()}) == 4  # ... and they differ per prompt
+
+
+def test_token_logprobs_match_hf_forward(loaded):
+    model, tokenizer = loaded
+    batch = mixed_batch(tokenizer)
+    prompt_index, completion_ids, lengths = random_completions(tokenizer, [3, 2, 1, 2], T=7, seed=0)
+    with torch.no_grad():
+        ref, _ = hf_completion_logprobs(model, batch, prompt_index, completion_ids, lengths, temperature=0.7)
+        ours = token_logprobs(model, batch, prompt_index, completion_ids, lengths, temperature=0.7)
+        chunked = token_logprobs(VisionOnceLM(model), batch, prompt_index, completion_ids, lengths,
+                                 temperature=0.7, micro_batch_size=3)
+    assert ours.dtype == torch.float32 and ours.shape == completion_ids.shape
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(chunked, ref, atol=1e-5, rtol=0)
+    assert (ours[torch.arange(7) >= lengths[:, None]] == 0).all() and (ours[:, 0] < 0).all()
+    # SFT: -mean token log-prob of the target = HF's cross-entropy over the target tokens
+    with torch.no_grad():
+        _, hf_loss = hf_completion_logprobs(model, batch, prompt_index, completion_ids, lengths, labels=True)
+        logp = token_logprobs(model, batch, prompt_index, completion_ids, lengths)
+    torch.testing.assert_close(-logp.sum() / lengths.sum(), hf_loss, atol=1e-5, rtol=0)
+
+
+def test_vision_once_gradients_equal_per_row_gradients(loaded):
+    model, tokenizer = loaded
+    batch = mixed_batch(tokenizer)
+    prompt_index, completion_ids, lengths = random_completions(tokenizer, [3, 2, 0, 2], T=5, seed=1)
+    weights = torch.randn(completion_ids.shape, generator=torch.Generator().manual_seed(2))  # [R, T]
+
+    seen = []  # patches that went through the vision tower
+    hook = model.model.visual.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    try:
+        model.zero_grad()
+        (token_logprobs(VisionOnceLM(model), batch, prompt_index, completion_ids, lengths) * weights).sum().backward()
+        ours = {k: p.grad.clone() for k, p in model.named_parameters()}
+        model.zero_grad()
+        (hf_completion_logprobs(model, batch, prompt_index, completion_ids, lengths)[0] * weights).sum().backward()
+        theirs = {k: p.grad.clone() for k, p in model.named_parameters()}
+    finally:
+        hook.remove()
+        model.zero_grad(set_to_none=True)
+    used = [batch["visuals"][p] for p in (0, 1, 3)]
+    assert seen[0] == sum(len(v["pixel_values"]) for v in used)  # each visual encoded once, not per row
+    assert sum(seen[1:]) == sum(len(batch["visuals"][p]["pixel_values"]) for p in prompt_index.tolist())  # HF
+    assert ours["model.visual.patch_embed.proj.weight"].abs().sum() > 0
+    for k in ours:
+        torch.testing.assert_close(ours[k], theirs[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_sampling_is_reproducible_and_rows_of_a_prompt_differ(loaded):
+    model, tokenizer = loaded
+    batch = mixed_batch(tokenizer)
+    run = lambda seed: generate(model, batch, n=[4, 2, 3, 1], max_new_tokens=8, temperature=1.0, top_p=0.95,
+                                generator=torch.Generator().manual_seed(seed))
+    a, b, c = run(0), run(0), run(1)
+    assert a["prompt_index"].tolist() == [0, 0, 0, 0, 1, 1, 2, 2, 2, 3]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["completion_ids"], c["completion_ids"])
+    rows = a["completion_ids"].tolist()
+    assert len({tuple(r) for r in rows[:4]}) == 4 and len({tuple(r) for r in rows[6:9]}) == 3
+
+
+def test_stop_ids_lengths_and_truncation(loaded):
+    model, tokenizer = loaded
+    batch = mixed_batch(tokenizer)
+    run = lambda stop_ids, T: generate(model, batch, n=2, max_new_tokens=T, temperature=1.0, stop_ids=stop_ids,
+                                       generator=torch.Generator().manual_seed(3))
+    free = run([], 12)  # never stops
+    assert free["truncated"].all() and (free["lengths"] == 12).all() and free["completion_ids"].shape == (8, 12)
+    stop = free["completion_ids"][0, 4].item()  # force a stop: a token row 0 samples at step 4
+    out = run([stop], 12)
+    pad = model.generation_config.pad_token_id
+    for r, seq in enumerate(free["completion_ids"].tolist()):
+        if stop in seq:  # same random stream, so the same tokens up to and including the stop, then pads
+            k = seq.index(stop) + 1
+            assert out["lengths"][r] == k and not out["truncated"][r]
+            assert out["completion_ids"][r, :k].tolist() == seq[:k]
+            assert (out["completion_ids"][r, k:] == pad).all()
+        else:
+            assert out["truncated"][r] and out["lengths"][r] == 12
+    assert out["lengths"][0] <= 5
+    short = run([], 3)
+    assert short["truncated"].all() and short["completion_ids"].shape == (8, 3)
+
+
+def test_generate_restores_the_model_state_even_on_error(loaded):
+    model, tokenizer = loaded
+    batch = mixed_batch(tokenizer)
+    model.train()
+    model.activation_checkpointing_enable()
+    try:
+        generate(model, batch, n=1, max_new_tokens=2)
+        assert model.training and model.is_activation_checkpointing
+        bad = dict(batch, visuals=[None] * 4)  # pad tokens without their visual: must fail loudly
+        with pytest.raises(ValueError, match="no visual"):
+            generate(model, bad, n=1, max_new_tokens=2)
+        assert model.training and model.is_activation_checkpointing
+    finally:
+        model.activation_checkpointing_disable()
+        model.eval()
+
+
+def test_micro_batches_cut_between_prompt_groups():
+    chunks = micro_batches(torch.tensor([0, 0, 0, 1, 1, 2]), 4)
+    assert [c.tolist() for c in chunks] == [[0, 1, 2], [3, 4, 5]]
+    chunks = micro_batches(torch.tensor([0, 0, 0, 0, 0, 1]), 2)  # a group larger than a micro-batch is cut
+    assert [c.tolist() for c in chunks] == [[0, 1], [2, 3], [4, 5]]
+    assert [c.tolist() for c in micro_batches(torch.tensor([0, 1]), None)] == [[0, 1]]
+
+
+def test_sample_next_temperature_and_top_p():
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log().expand(2000, -1)  # [2000, 4]
+    assert (sample_next(logits, 0, 1.0, None) == 0).all()
+    g = torch.Generator().manual_seed(0)
+    assert set(sample_next(logits, 1.0, 0.75, g).tolist()) == {0, 1}  # 0.5 + 0.3 reaches 0.75
+    counts = torch.bincount(sample_next(logits, 1.0, 1.0, g), minlength=4) / 2000
+    torch.testing.assert_close(counts, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.04, rtol=0)
