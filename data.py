@@ -1,0 +1,522 @@
+"""Data for Video-R1: rows, prompts, Qwen2.5-VL vision preprocessing, batching, and a synthetic demo world.
+
+    rows = load_rows("demo/rl.json")                       # validated dicts + row["media"] (absolute path)
+    frames, spg = load_frames(rows[0])                      # [T,3,H,W] in [0,1]; seconds per 2-frame patch
+    visual = make_visual(frames, spg)                        # pixel_values [N,1176], grid_thw (t,h,w)
+    batch = collate([prompt_text(rows[0])], [visual], tok)   # left-padded ids with the pad token expanded
+
+Vision follows the Qwen2.5-VL conventions (SPEC 1.3): sides are multiples of 28, 14x14 patches, two
+frames per temporal patch, 2x2 patches merged into one LLM token, so a visual costs t*h*w/4 tokens.
+Resizing uses PIL bicubic on uint8 frames, like the Hugging Face PIL image processor (for images this is
+bit-exact; qwen-vl-utils resizes videos with torchvision instead, which differs by a few grey levels).
+"""
+import json
+import math
+import os
+
+import av
+import decord
+import numpy as np
+import torch
+from PIL import Image
+
+PATCH_SIZE = 14           # ViT patch side in pixels
+TEMPORAL_PATCH_SIZE = 2   # frames per patch: a video patch is 2 consecutive frames, an image is repeated twice
+MERGE_SIZE = 2            # 2x2 neighbouring patches become one LLM token, so sides are multiples of 28
+IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP statistics, what the Qwen2.5-VL ViT was trained with
+IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+VIDEO_MIN_PIXELS = 128 * 28 * 28   # qwen-vl-utils default: small videos are scaled up to this
+SYSTEM_PROMPT = "You are a helpful assistant."
+VISION_PAD = {"video": "<|video_pad|>", "image": "<|image_pad|>"}
+DATA_TYPES = ("image", "video")
+
+# Interface facts: the released checkpoints were trained on exactly these strings (SPEC 1.2).
+QUESTION_TEMPLATE = "{Question}\nPlease think about this question as if you were a human pondering deeply. Engage in an internal dialogue using expressions such as 'let me think', 'wait', 'Hmm', 'oh, I see', 'let's break it down', etc, or other natural language thought expressions It's encouraged to include self-reflection or verification in the reasoning process. Provide your detailed reasoning between the <think> </think> tags, and then give your final answer between the <answer> </answer> tags."
+TYPE_TEMPLATE = {
+  "multiple choice": " Please provide only the single option letter (e.g., A, B, C, D, etc.) within the <answer> </answer> tags.",
+  "numerical":       " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> tags.",
+  "OCR":             " Please transcribe text from the image/video clearly and provide your text answer within the <answer> </answer> tags.",
+  "free-form":       " Please provide your text answer within the <answer> </answer> tags.",
+  "regression":      " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> tags.",
+}
+PROBLEM_TYPES = tuple(TYPE_TEMPLATE)
+# The release's evaluation script words the last sentence slightly differently.
+QUESTION_TEMPLATE_EVAL = QUESTION_TEMPLATE.replace(
+    "between the <think> </think> tags, and then give your final answer between the <answer> </answer> tags.",
+    "between the <think> and </think> tags, and then give your final answer between the <answer> and </answer> tags.")
+
+
+# ----------------------------------------------------------------------------- rows
+
+def _check_row(row, where, require_process):
+    """Raise ValueError("<where>: field 'x': ...") for the first problem found in one row."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: not an object but {type(row).__name__}")
+    def bad(field, msg):
+        raise ValueError(f"{where}: field '{field}': {msg}")
+    for field, kind in [("problem_id", int), ("problem", str), ("data_type", str), ("problem_type", str),
+                        ("solution", str), ("path", str), ("data_source", str)]:
+        if field not in row:
+            bad(field, "missing")
+        if not isinstance(row[field], kind) or isinstance(row[field], bool):
+            bad(field, f"expected {kind.__name__}, got {type(row[field]).__name__}")
+    if row["data_type"] not in DATA_TYPES:
+        bad("data_type", f"unknown value {row['data_type']!r}")
+    if row["problem_type"] not in PROBLEM_TYPES:
+        bad("problem_type", f"unknown value {row['problem_type']!r}")
+    options = row.get("options")
+    if options is not None and not (isinstance(options, list) and all(isinstance(o, str) for o in options)):
+        bad("options", "expected a list of str")
+    if row["problem_type"] == "multiple choice" and not options:
+        bad("options", "multiple choice needs a non-empty list of options")
+    if not ("<answer>" in row["solution"] and "</answer>" in row["solution"].split("<answer>", 1)[1]):
+        bad("solution", f"no <answer>...</answer> in {row['solution'][:60]!r}")
+    if not row["path"]:
+        bad("path", "empty")
+    if require_process:
+        process = row.get("process")
+        if not isinstance(process, str) or "<think>" not in process or "</think>" not in process:
+            bad("process", "expected a str with <think>...</think>")
+
+
+def load_rows(path, data_root=None, data_types=None, problem_types=None, limit=None, require_process=False):
+    """Read a dataset file (one JSON list, SPEC 1.1), validate, filter, and attach absolute media paths.
+
+    Rows are scanned in file order and each scanned row is validated; scanning stops once `limit`
+    matching rows are found, so a bad row past that point is never seen.
+    E.g. a row {"path": "./videos/v1.mp4", ...} in /d/rl.json gets row["media"] = "/d/videos/v1.mp4".
+    """
+    for name, wanted, known in [("data_types", data_types, DATA_TYPES), ("problem_types", problem_types, PROBLEM_TYPES)]:
+        if wanted is not None and not set(wanted) <= set(known):
+            raise ValueError(f"{name}: unknown values {sorted(set(wanted) - set(known))}, known: {known}")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON: {e}") from e
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
+    root = os.path.dirname(os.path.abspath(path)) if data_root is None else os.path.abspath(data_root)
+    rows = []
+    for i, row in enumerate(data):
+        if limit is not None and len(rows) >= limit:
+            break
+        _check_row(row, f"{path}: row {i}", require_process)
+        if data_types is not None and row["data_type"] not in data_types:
+            continue
+        if problem_types is not None and row["problem_type"] not in problem_types:
+            continue
+        rel = row["path"][2:] if row["path"].startswith("./") else row["path"]
+        rows.append(dict(row, media=os.path.join(root, rel)))
+    return rows
+
+
+# ----------------------------------------------------------------------------- prompts
+
+def question_text(row):
+    """problem, plus the options for multiple choice: "Which way?" -> "Which way?Options:\\nA. left\\nB. right\\n"
+    (no separator before "Options:", as in the release)."""
+    if row["problem_type"] == "multiple choice":
+        return row["problem"] + "Options:\n" + "".join(o + "\n" for o in row["options"])
+    return row["problem"]
+
+
+def prompt_text(row, template="train"):
+    """The full ChatML prompt: system turn, user turn (vision pad first, then text), open assistant turn."""
+    question_template = {"train": QUESTION_TEMPLATE, "eval": QUESTION_TEMPLATE_EVAL}[template]
+    user = question_template.format(Question=question_text(row)) + TYPE_TEMPLATE[row["problem_type"]]
+    pad = VISION_PAD[row["data_type"]]
+    return (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
+            f"<|vision_start|>{pad}<|vision_end|>{user}<|im_end|>\n<|im_start|>assistant\n")
+
+
+def sft_target(row):
+    """"<think>...</think>\\n<answer>X</answer>"; the caller appends <|im_end|>."""
+    return row["process"] + "\n" + row["solution"]
+
+
+# ----------------------------------------------------------------------------- vision
+
+def smart_resize(height, width, min_pixels, max_pixels, factor=PATCH_SIZE * MERGE_SIZE):
+    """Sides rounded to multiples of `factor`, aspect kept, area scaled into [min_pixels, max_pixels].
+
+    smart_resize(1080, 1920, 4*28*28, 128*28*28) -> (224, 420); smart_resize(10, 10, 56*56, 10**6) -> (56, 56)
+    """
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}")
+    h, w = round(height / factor) * factor, round(width / factor) * factor
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def video_frame_indices(total_frames, video_fps, max_frames, fps=2.0, min_frames=4):
+    """Frames to decode: duration*fps clipped to [min_frames, max_frames] and to the video, rounded down to even.
+
+    A 4 s clip at 4 fps (16 frames), max_frames=8: n = 8 -> [0, 2, 4, 6, 9, 11, 13, 15].
+    A 1 s clip at 30 fps: n = 2 -> raised to 4 -> [0, 10, 19, 29].
+    """
+    n = total_frames / video_fps * fps
+    n = min(max(n, min_frames), max_frames, total_frames)
+    n = int(n // TEMPORAL_PATCH_SIZE) * TEMPORAL_PATCH_SIZE
+    if n < TEMPORAL_PATCH_SIZE:
+        raise ValueError(f"need at least {TEMPORAL_PATCH_SIZE} frames, the video has {total_frames}")
+    return torch.linspace(0, total_frames - 1, n).round().long().tolist()
+
+
+def _to_tensor(frames, min_pixels, max_pixels):
+    """uint8 [T,H,W,3] -> float [T,3,H',W'] in [0,1], resized by smart_resize with PIL bicubic."""
+    h, w = smart_resize(frames.shape[1], frames.shape[2], min_pixels, max_pixels)
+    if (h, w) != frames.shape[1:3]:
+        frames = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BICUBIC)) for f in frames])
+    return torch.from_numpy(np.array(frames)).permute(0, 3, 1, 2).float() / 255  # [T,3,H,W]
+
+
+def load_video(path, max_frames=16, fps=2.0, min_pixels=VIDEO_MIN_PIXELS, max_pixels=128 * 28 * 28):
+    """Decode the frames picked by video_frame_indices -> (frames [T,3,H,W] in [0,1], second_per_grid_t).
+
+    second_per_grid_t = seconds covered by one 2-frame patch; a 4 s clip sampled at 8 frames -> 2/(8/4) = 1.0.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"video not found: {path}")
+    try:
+        vr = decord.VideoReader(path, num_threads=1)
+        total, native_fps = len(vr), vr.get_avg_fps()
+        if not native_fps > 0:
+            raise ValueError(f"bad frame rate {native_fps}")
+        frames = vr.get_batch(video_frame_indices(total, native_fps, max_frames, fps)).asnumpy()  # [T,H,W,3] uint8
+        frames = _to_tensor(frames, min_pixels, max_pixels)  # [T,3,H,W]
+    except (RuntimeError, ValueError) as e:  # decord raises RuntimeError for unreadable files
+        raise ValueError(f"cannot decode video {path}: {e}") from e
+    effective_fps = len(frames) / (total / native_fps)
+    return frames, TEMPORAL_PATCH_SIZE / effective_fps
+
+
+def load_image(path, min_pixels=4 * 28 * 28, max_pixels=256 * 28 * 28):
+    """Read an image as RGB (transparency composited on white) -> frames [1,3,H,W] in [0,1]."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            if img.mode in ("RGBA", "LA") or "transparency" in img.info:
+                img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img.convert("RGBA"))
+            return _to_tensor(np.asarray(img.convert("RGB"))[None], min_pixels, max_pixels)  # [1,3,H,W]
+    except (OSError, ValueError) as e:  # PIL raises UnidentifiedImageError (an OSError) for garbage
+        raise ValueError(f"cannot decode image {path}: {e}") from e
+
+
+def patchify(frames):
+    """frames [T,3,H,W] in [0,1] -> (pixel_values [t*h*w, 3*2*14*14], grid_thw LongTensor [3] = (t, h, w)).
+
+    CLIP-normalises, then orders patches as the HF Qwen2-VL processor: temporal patch, then 2x2 merge windows
+    row-major, then the 4 patches inside a window. An 8x3x56x56 video -> grid (4,4,4), 64 patches, 16 tokens.
+    An odd T repeats the last frame (a single image becomes two identical frames).
+    """
+    T, C, H, W = frames.shape
+    if C != 3 or H % (PATCH_SIZE * MERGE_SIZE) or W % (PATCH_SIZE * MERGE_SIZE):
+        raise ValueError(f"frames must be [T,3,H,W] with H, W multiples of 28, got {tuple(frames.shape)}")
+    if T % TEMPORAL_PATCH_SIZE:
+        frames = torch.cat([frames, frames[-1:].expand(TEMPORAL_PATCH_SIZE - T % TEMPORAL_PATCH_SIZE, -1, -1, -1)])
+    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    x = (frames.float() - mean) / std                                    # [T,3,H,W]
+    t, h, w = x.shape[0] // TEMPORAL_PATCH_SIZE, H // PATCH_SIZE, W // PATCH_SIZE
+    m, p = MERGE_SIZE, PATCH_SIZE
+    x = x.reshape(t, TEMPORAL_PATCH_SIZE, 3, h // m, m, p, w // m, m, p)  # [t,2,C,h/m,m,p,w/m,m,p]
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)                            # [t,h/m,w/m,m,m,C,2,p,p]
+    pixel_values = x.reshape(t * h * w, 3 * TEMPORAL_PATCH_SIZE * p * p)  # [N,1176]
+    return pixel_values, torch.tensor([t, h, w])
+
+
+def shuffle_frames(frames, generator, level="frame"):
+    """Permute frames [T,3,H,W] along time for the T-GRPO shuffled rollouts (SPEC 1.4).
+
+    level="frame": each frame moves on its own, so a 2-frame patch may pair unrelated frames (the release).
+    level="patch": whole 2-frame groups move, so every patch stays intact.
+    The permutation is redrawn while it is the identity (a "shuffled" video in its true order would teach
+    nothing), so a 2-frame video is always reversed; one frame / one group cannot be shuffled and is returned.
+    """
+    unit = {"frame": 1, "patch": TEMPORAL_PATCH_SIZE}[level]
+    if len(frames) % unit:
+        raise ValueError(f"patch-level shuffle needs an even number of frames, got {len(frames)}")
+    n = len(frames) // unit
+    perm = torch.randperm(n, generator=generator)
+    while n > 1 and torch.equal(perm, torch.arange(n)):
+        perm = torch.randperm(n, generator=generator)
+    order = (perm[:, None] * unit + torch.arange(unit)).flatten()  # [T] frame order
+    return frames[order.to(frames.device)]
+
+
+def load_frames(row, max_frames=16, fps=2.0, video_min_pixels=VIDEO_MIN_PIXELS, video_max_pixels=128 * 28 * 28,
+                image_min_pixels=4 * 28 * 28, image_max_pixels=256 * 28 * 28):
+    """Frames of a loaded row -> (frames [T,3,H,W], second_per_grid_t for videos or None for images)."""
+    if row["data_type"] == "video":
+        return load_video(row["media"], max_frames, fps, video_min_pixels, video_max_pixels)
+    return load_image(row["media"], image_min_pixels, image_max_pixels), None
+
+
+def make_visual(frames, second_per_grid_t):
+    """The visual dict the model consumes; kind is "image" when second_per_grid_t is None."""
+    pixel_values, grid_thw = patchify(frames)
+    return {"kind": "image" if second_per_grid_t is None else "video", "pixel_values": pixel_values,
+            "grid_thw": grid_thw, "second_per_grid_t": second_per_grid_t}
+
+
+def collate(prompts, visuals, tokenizer):
+    """Tokenise prompts, expand each vision pad to grid_thw.prod() // 4 copies, left-pad into a batch.
+
+    A video of grid (4,4,4) turns its one <|video_pad|> into 16. Left padding keeps every prompt's last
+    token in the last column, where generation continues.
+    -> {"input_ids": [B,L], "attention_mask": [B,L], "visuals": visuals}
+    """
+    pad_ids = {kind: tokenizer.convert_tokens_to_ids(tok) for kind, tok in VISION_PAD.items()}
+    if tokenizer.pad_token_id is None or any(i is None or i == tokenizer.unk_token_id for i in pad_ids.values()):
+        raise ValueError("tokenizer needs a pad token and the tokens <|video_pad|> and <|image_pad|>")
+    seqs = []
+    for b, (prompt, visual) in enumerate(zip(prompts, visuals, strict=True)):
+        ids = tokenizer.encode(prompt, add_special_tokens=False)
+        counts = {kind: ids.count(i) for kind, i in pad_ids.items()}
+        want = {kind: int(visual is not None and visual["kind"] == kind) for kind in pad_ids}
+        if counts != want:
+            raise ValueError(f"prompt {b}: expected placeholders {want} for a {visual and visual['kind']} input, found {counts}")
+        if visual is not None:
+            i = ids.index(pad_ids[visual["kind"]])
+            n = int(visual["grid_thw"].prod()) // MERGE_SIZE**2
+            ids = ids[:i] + [pad_ids[visual["kind"]]] * n + ids[i + 1:]
+        seqs.append(ids)
+    L = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), L), tokenizer.pad_token_id, dtype=torch.long)  # [B,L]
+    attention_mask = torch.zeros(len(seqs), L, dtype=torch.long)                     # [B,L]
+    for b, s in enumerate(seqs):
+        input_ids[b, L - len(s):] = torch.tensor(s)
+        attention_mask[b, L - len(s):] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "visuals": list(visuals)}
+
+
+# ----------------------------------------------------------------------------- synthetic demo world
+
+DEMO_SIZE = 56                 # 56x56 = 2x2 merged tokens per temporal patch: tiny but a real grid
+DEMO_FPS, DEMO_FRAMES = 4, 16  # 4 s clips; sampled at 2 fps with max_frames=8 -> 8 frames -> grid (4,4,4)
+BACKGROUND = 20                # dark grey, so a black frame from a decoding bug is not mistaken for it
+COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 90, 230), "yellow": (230, 210, 40)}
+NUMBER_WORDS = ("zero", "one", "two", "three", "four")
+GLYPHS = {  # 3x5 blocky letters, drawn with 6x6 blocks: legible at 56x56 without a font file
+    "A": "111101111101101", "C": "111100100100111", "E": "111100111100111", "H": "101101111101101",
+    "L": "100100100100111", "O": "111101101101111", "T": "111010010010010", "U": "101101101101111"}
+DIRECTIONS = ("left", "right", "up", "down")
+SIZE_CHANGES = ("grows", "shrinks", "stays the same size")
+
+
+def _canvas(n):
+    return np.full((n, DEMO_SIZE, DEMO_SIZE, 3), BACKGROUND, np.uint8)  # [F,H,W,3]
+
+
+def _mc(rng, answer, choices):
+    """Options in random order -> (["A. x", "B. y", ...], letter of the answer)."""
+    order = [choices[i] for i in rng.permutation(len(choices))]
+    return [f"{'ABCD'[i]}. {c}" for i, c in enumerate(order)], "ABCD"[order.index(answer)]
+
+
+def _moving_square(rng, direction, stays_in_start_half):
+    """A 12 px square sliding 16 px. With stays_in_start_half it slides from near the edge it starts at to
+    just short of the centre (right-movers live in the left half), otherwise from the centre towards the far
+    edge. Any single frame then tells which half the square is in, which predicts the direction only as well
+    as stays_in_start_half does."""
+    increasing = direction in ("right", "down")
+    lo, hi = (2, 18) if increasing == stays_in_start_half else (26, 42)
+    a, b = (lo, hi) if increasing else (hi, lo)
+    colour = str(rng.choice(list(COLOURS)))
+    cross = 22 + int(rng.integers(-3, 4))
+    frames = _canvas(DEMO_FRAMES)
+    for f in range(DEMO_FRAMES):
+        pos = round(a + (b - a) * f / (DEMO_FRAMES - 1))
+        x, y = (pos, cross) if direction in ("left", "right") else (cross, pos)
+        frames[f, y:y + 12, x:x + 12] = COLOURS[colour]
+    words = ("left", "right", "left of", "right of") if direction in ("left", "right") else ("top", "bottom", "above", "below")
+    where = {2: f"near the {words[0]} edge", 18: f"just {words[2]} the centre",
+             26: f"just {words[3]} the centre", 42: f"near the {words[1]} edge"}
+    think = (f"Let me think. In the first frame the {colour} square is {where[a]}. Then, in the later frames, it "
+             f"is {where[b]}. So it moves {direction}; the last frame confirms this.")
+    return frames, colour, think
+
+
+def _direction(rng, k):
+    # The single-frame shortcut: 3 of every 4 videos per direction stay in the half they start from.
+    d = DIRECTIONS[k % 4]
+    frames, colour, think = _moving_square(rng, d, stays_in_start_half=(k // 4) % 4 != 3)
+    options, letter = _mc(rng, d, DIRECTIONS)
+    return frames, f"In which direction does the {colour} square move?", "multiple choice", options, letter, think
+
+
+def _motion(rng, k):
+    d = DIRECTIONS[k % 4]
+    frames, colour, think = _moving_square(rng, d, stays_in_start_half=(k // 4) % 2 == 0)  # no shortcut here
+    return frames, "Describe the motion in the video in a few words.", "free-form", [], f"the {colour} square moves {d}", think
+
+
+def _order(rng, k):
+    a, b = (str(c) for c in rng.choice(list(COLOURS), 2, replace=False))
+    switch = int(rng.integers(5, 12))  # a alone in frames [0, switch), then b alone: frame counts do not tell
+    cells = rng.permutation(4)[:2]     # random 2x2-grid cells, so position does not tell either
+    frames = _canvas(DEMO_FRAMES)
+    for f in range(DEMO_FRAMES):
+        cell = cells[0] if f < switch else cells[1]
+        y, x = 28 * (cell // 2) + 6, 28 * (cell % 2) + 6
+        frames[f, y:y + 16, x:x + 16] = COLOURS[a if f < switch else b]
+    options, letter = _mc(rng, a, list(COLOURS))
+    think = (f"At the start I see only a {a} square. Then it disappears and a {b} square shows up for the rest "
+             f"of the video. So the {a} square appears first.")
+    return frames, "Which colour of square appears first in the video?", "multiple choice", options, letter, think
+
+
+def _grow(rng, k):
+    change, colour = SIZE_CHANGES[k % 3], str(rng.choice(list(COLOURS)))
+    s0, s1 = {"grows": (6, 26), "shrinks": (26, 6)}.get(change, (int(rng.integers(10, 21)),) * 2)
+    cx, cy = (int(v) for v in rng.integers(16, 41, size=2))
+    frames = _canvas(DEMO_FRAMES)
+    for f in range(DEMO_FRAMES):
+        s = round(s0 + (s1 - s0) * f / (DEMO_FRAMES - 1))
+        frames[f, cy - s // 2:cy - s // 2 + s, cx - s // 2:cx - s // 2 + s] = COLOURS[colour]
+    size = lambda s: "small" if s < 12 else "large" if s > 20 else "medium-sized"
+    options, letter = _mc(rng, change, SIZE_CHANGES)
+    think = (f"At first the {colour} square is {size(s0)}. Then, in the last frames, it is "
+             f"{'still ' if s0 == s1 else ''}{size(s1)}. So it {change}.")
+    return frames, f"Does the {colour} square grow, shrink, or stay the same size?", "multiple choice", options, letter, think
+
+
+def _squares(rng, n, frames, colours):
+    """Draw n squares into distinct cells of a 2x2 grid (no overlaps, so they can be counted)."""
+    for cell, colour in zip(rng.permutation(4)[:n], colours):
+        s = int(rng.integers(10, 17))
+        y, x = 28 * (cell // 2) + int(rng.integers(1, 27 - s)), 28 * (cell % 2) + int(rng.integers(1, 27 - s))
+        frames[:, y:y + s, x:x + s] = COLOURS[colour]
+
+
+def _listing(words):
+    return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else words[0]
+
+
+def _count(rng, k):
+    n = 1 + k % 4
+    colours = [str(c) for c in rng.choice(list(COLOURS), n)]
+    frames = _canvas(DEMO_FRAMES)
+    _squares(rng, n, frames, colours)
+    think = (f"Let me count the squares. I see {_listing([f'a {c} square' for c in colours])}, "
+             f"and nothing new appears later. So there {'is' if n == 1 else 'are'} {n}.")
+    return frames, "How many squares are in the video?", "numerical", [], str(n), think
+
+
+def _colour(rng, k):
+    colour, s = list(COLOURS)[k % 4], int(rng.integers(14, 29))
+    x, y = (int(v) for v in rng.integers(0, DEMO_SIZE - s + 1, size=2))
+    image = _canvas(1)
+    image[0, y:y + s, x:x + s] = COLOURS[colour]
+    options, letter = _mc(rng, colour, list(COLOURS))
+    think = f"The image shows one square on a dark background. Its colour is clearly {colour}, which is option {letter}."
+    return image, "What colour is the square in the image?", "multiple choice", options, letter, think
+
+
+def _area(rng, k):
+    s, colour = int(rng.integers(8, 41)), str(rng.choice(list(COLOURS)))
+    x, y = (int(v) for v in rng.integers(0, DEMO_SIZE - s + 1, size=2))
+    image = _canvas(1)
+    image[0, y:y + s, x:x + s] = COLOURS[colour]
+    percent = round(100 * s * s / DEMO_SIZE**2, 1)
+    think = (f"The image is {DEMO_SIZE} by {DEMO_SIZE} pixels and the {colour} square is about {s} by {s}. So it "
+             f"covers {s * s} of {DEMO_SIZE**2} pixels, which is about {percent} percent.")
+    return image, "What percentage of the image area does the square cover?", "regression", [], str(percent), think
+
+
+def _ocr(rng, k):
+    word = "".join(str(c) for c in rng.choice(list(GLYPHS), 2))
+    image = _canvas(1)
+    for i, letter in enumerate(word):
+        for j in [j for j, bit in enumerate(GLYPHS[letter]) if bit == "1"]:
+            y, x = 13 + 6 * (j // 3), 7 + 24 * i + 6 * (j % 3)  # two 18x30 letters, 6 px apart, centred
+            image[0, y:y + 6, x:x + 6] = 235
+    think = f"I see two large blocky white letters. The first is {word[0]} and the second is {word[1]}, so the text reads {word}."
+    return image, "What text is written in the image?", "OCR", [], word, think
+
+
+def _describe(rng, k):
+    n, colour = 1 + k % 3, str(rng.choice(list(COLOURS)))
+    image = _canvas(1)
+    _squares(rng, n, image, [colour] * n)
+    answer = f"{NUMBER_WORDS[n]} {colour} square{'s' * (n > 1)}"
+    think = f"Let me look. There {'is' if n == 1 else 'are'} {answer} on a dark background and nothing else. So my description is: {answer}."
+    return image, "Describe the image in a few words.", "free-form", [], answer, think
+
+
+VIDEO_FAMILIES = {"direction": _direction, "order": _order, "grow": _grow, "motion": _motion, "count": _count}
+IMAGE_FAMILIES = {"colour": _colour, "area": _area, "ocr": _ocr, "describe": _describe}
+
+
+def _write_mp4(path, frames):
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=DEMO_FPS)
+        stream.width, stream.height, stream.pix_fmt = DEMO_SIZE, DEMO_SIZE, "yuv420p"
+        stream.options = {"crf": "12", "preset": "ultrafast", "threads": "1"}  # near-lossless, deterministic
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def _demo_split(out_dir, split, rng, n_videos, n_images):
+    rows = []
+    for modality, n, families in [("video", n_videos, VIDEO_FAMILIES), ("image", n_images, IMAGE_FAMILIES)]:
+        for j in range(n):
+            family = list(families)[j % len(families)]  # round robin; k counts instances within a family
+            media, problem, problem_type, options, answer, think = families[family](rng, j // len(families))
+            rel = f"./{modality}s/{split}_{j:04d}.{'mp4' if modality == 'video' else 'png'}"
+            if modality == "video":
+                _write_mp4(os.path.join(out_dir, rel), media)
+            else:
+                Image.fromarray(media[0]).save(os.path.join(out_dir, rel))
+            rows.append({"problem": problem, "data_type": modality, "problem_type": problem_type,
+                         "options": options, "process": f"<think>{think}</think>",
+                         "solution": f"<answer>{answer}</answer>", "path": rel, "data_source": f"demo/{family}"})
+    rows = [rows[i] for i in rng.permutation(len(rows))]  # mix videos and images, so limit=... sees both
+    return [{"problem_id": i, **row} for i, row in enumerate(rows)]
+
+
+def make_demo_world(out_dir, seed=0, n_videos=160, n_images=80):
+    """Write a tiny synthetic Video-R1 world: videos/*.mp4, images/*.png, rl.json, cot.json, eval_demo.json.
+
+    Videos are 4 s, 4 fps, 56x56 (grid (4,4,4) = 16 tokens at max_frames=8, 56*56 pixels); images 56x56
+    (4 tokens). Families (data_source "demo/<family>"), dealt round robin so each is balanced:
+      order-dependent video: direction (MC), order (MC: which colour first), grow (MC), motion (free-form);
+      order-free video: count (numerical); images: colour (MC), area (regression), ocr (OCR), describe (free-form).
+    Deliberate shortcut, for teaching what T-GRPO's shuffled rollouts detect: in "direction" 75% of videos stay
+    in the half they start from (a right-mover sits in the left half), so one frame answers 75% right, the order
+    100%. "motion" has the same layout at 50% (no shortcut); order and grow cannot be read from one frame.
+    cot.json = the rl questions with `process` (the real COT-165k is a subset of the 260k); rl.json and
+    eval_demo.json have no `process`; eval_demo.json is a held-out half-size set from another random stream.
+    Returns {"rl": rows, "cot": rows, "eval_demo": rows}.
+    """
+    for sub in ("videos", "images"):
+        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+    cot = _demo_split(out_dir, "train", np.random.default_rng([seed, 0]), n_videos, n_images)
+    held_out = _demo_split(out_dir, "eval", np.random.default_rng([seed, 1]), n_videos // 2, n_images // 2)
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "process"} for row in rows]
+    files = {"rl": strip(cot), "cot": cot, "eval_demo": strip(held_out)}
+    for name, rows in files.items():
+        with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+    return files
+
+
+def demo_texts(out_dir):
+    """Every text a tokenizer for the demo world should know: prompts (both templates), processes,
+    solutions, options."""
+    texts = []
+    for name in ("rl", "cot", "eval_demo"):
+        for row in load_rows(os.path.join(out_dir, f"{name}.json")):
+            texts += [prompt_text(row, "train"), prompt_text(row, "eval"), row["solution"], *row["options"]]
+            texts += [row["process"]] if "process" in row else []
+    return texts

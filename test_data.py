@@ -1,0 +1,433 @@
+"""Tests for data.py: python -m pytest test_data.py -q (CPU, a few seconds)."""
+import collections
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_smart_resize
+
+import data
+
+DEMO = dict(max_frames=8, fps=2.0, video_min_pixels=56 * 56, video_max_pixels=56 * 56,
+            image_min_pixels=56 * 56, image_max_pixels=56 * 56)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return out, data.make_demo_world(str(out))
+
+
+def row(**kw):
+    base = {"problem_id": 7, "problem": "Which way?", "data_type": "video", "problem_type": "multiple choice",
+            "options": ["A. left", "B. right"], "solution": "<answer>B</answer>", "path": "./videos/a.mp4",
+            "data_source": "demo/direction", "process": "<think>It moves right.</think>"}
+    return {**base, **kw}
+
+
+def write_rows(tmp_path, rows, name="rl.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(rows))
+    return str(path)
+
+
+# ----------------------------------------------------------------------------- rows
+
+def test_load_rows_media_filters_limit(tmp_path):
+    rows = [row(problem_id=i, data_type=["video", "image"][i % 2], path=f"./m/{i}.mp4") for i in range(6)]
+    rows[4]["problem_type"], rows[4]["options"], rows[4]["solution"] = "numerical", [], "<answer>3</answer>"
+    path = write_rows(tmp_path, rows)
+    got = data.load_rows(path)
+    assert [r["problem_id"] for r in got] == list(range(6))
+    assert got[0]["media"] == os.path.join(str(tmp_path), "m", "0.mp4")
+    assert data.load_rows(path, data_root="/data")[1]["media"] == "/data/m/1.mp4"
+    assert [r["problem_id"] for r in data.load_rows(path, data_types=["image"])] == [1, 3, 5]
+    assert [r["problem_id"] for r in data.load_rows(path, problem_types=["numerical"])] == [4]
+    assert [r["problem_id"] for r in data.load_rows(path, data_types=["video"], limit=2)] == [0, 2]
+    assert data.load_rows(path, limit=0) == []
+    with pytest.raises(ValueError, match="problem_types.*mcq"):
+        data.load_rows(path, problem_types=["mcq"])
+
+
+@pytest.mark.parametrize("bad, field, message", [
+    ({"problem_type": "mcq"}, "problem_type", "unknown value 'mcq'"),
+    ({"data_type": "audio"}, "data_type", "unknown value 'audio'"),
+    ({"problem_id": "17"}, "problem_id", "expected int, got str"),
+    ({"problem_id": True}, "problem_id", "expected int, got bool"),
+    ({"problem": None}, "problem", "expected str"),
+    ({"solution": "B"}, "solution", "no <answer>"),
+    ({"solution": "</answer>B<answer>"}, "solution", "no <answer>"),
+    ({"options": []}, "options", "non-empty"),
+    ({"options": "A. left"}, "options", "list of str"),
+    ({"options": ["A. left", 2]}, "options", "list of str"),
+    ({"path": ""}, "path", "empty"),
+])
+def test_load_rows_names_file_row_and_field(tmp_path, bad, field, message):
+    path = write_rows(tmp_path, [row(), row(**bad)])
+    with pytest.raises(ValueError) as e:
+        data.load_rows(path)
+    assert f"rl.json: row 1: field '{field}': " in str(e.value) and message in str(e.value)
+
+
+def test_load_rows_missing_field_process_and_file_level_errors(tmp_path):
+    broken = row()
+    del broken["data_source"]
+    with pytest.raises(ValueError, match=r"rl.json: row 2: field 'data_source': missing"):
+        data.load_rows(write_rows(tmp_path, [row(), row(), broken]))
+    # scanning stops at the limit, so a bad row after it is never read
+    assert len(data.load_rows(write_rows(tmp_path, [row(), row(), broken]), limit=2)) == 2
+    no_process = row()
+    del no_process["process"]
+    path = write_rows(tmp_path, [row(), no_process], "cot.json")
+    assert len(data.load_rows(path)) == 2
+    with pytest.raises(ValueError, match=r"cot.json: row 1: field 'process'"):
+        data.load_rows(path, require_process=True)
+    with pytest.raises(ValueError, match=r"rl.json: row 0: not an object"):
+        data.load_rows(write_rows(tmp_path, [[1, 2]]))
+    with pytest.raises(ValueError, match=r"rl.json: expected a JSON list"):
+        data.load_rows(write_rows(tmp_path, {"rows": []}))
+    (tmp_path / "bad.json").write_text("[{")
+    with pytest.raises(ValueError, match=r"bad.json: not valid JSON"):
+        data.load_rows(str(tmp_path / "bad.json"))
+    with pytest.raises(FileNotFoundError):
+        data.load_rows(str(tmp_path / "nope.json"))
+
+
+# ----------------------------------------------------------------------------- prompts
+
+INSTRUCTION = ("\nPlease think about this question as if you were a human pondering deeply. Engage in an internal "
+               "dialogue using expressions such as 'let me think', 'wait', 'Hmm', 'oh, I see', 'let's break it down', "
+               "etc, or other natural language thought expressions It's encouraged to include self-reflection or "
+               "verification in the reasoning process. Provide your detailed reasoning between the <think> </think> "
+               "tags, and then give your final answer between the <answer> </answer> tags.")
+INSTRUCTION_EVAL = ("\nPlease think about this question as if you were a human pondering deeply. Engage in an internal "
+                    "dialogue using expressions such as 'let me think', 'wait', 'Hmm', 'oh, I see', 'let's break it "
+                    "down', etc, or other natural language thought expressions It's encouraged to include self-reflection"
+                    " or verification in the reasoning process. Provide your detailed reasoning between the <think> and"
+                    " </think> tags, and then give your final answer between the <answer> and </answer> tags.")
+HEAD_VIDEO = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+              "<|vision_start|><|video_pad|><|vision_end|>")
+HEAD_IMAGE = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+              "<|vision_start|><|image_pad|><|vision_end|>")
+TAIL = "<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.mark.parametrize("problem_type, data_type, head, question, suffix", [
+    ("multiple choice", "video", HEAD_VIDEO, "Which way?Options:\nA. left\nB. right\n",
+     " Please provide only the single option letter (e.g., A, B, C, D, etc.) within the <answer> </answer> tags."),
+    ("numerical", "video", HEAD_VIDEO, "Which way?",
+     " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> tags."),
+    ("OCR", "image", HEAD_IMAGE, "Which way?",
+     " Please transcribe text from the image/video clearly and provide your text answer within the <answer> </answer> tags."),
+    ("free-form", "image", HEAD_IMAGE, "Which way?",
+     " Please provide your text answer within the <answer> </answer> tags."),
+    ("regression", "video", HEAD_VIDEO, "Which way?",
+     " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> tags."),
+])
+def test_prompt_text_exact(problem_type, data_type, head, question, suffix):
+    r = row(problem_type=problem_type, data_type=data_type)
+    assert data.question_text(r) == question
+    assert data.prompt_text(r) == head + question + INSTRUCTION + suffix + TAIL
+    assert data.prompt_text(r, template="eval") == head + question + INSTRUCTION_EVAL + suffix + TAIL
+
+
+def test_sft_target():
+    assert data.sft_target(row()) == "<think>It moves right.</think>\n<answer>B</answer>"
+
+
+# ----------------------------------------------------------------------------- vision
+
+@pytest.mark.parametrize("hw, pixels, expected", [
+    ((56, 56), (4 * 784, 256 * 784), (56, 56)),
+    ((100, 200), (4 * 784, 256 * 784), (112, 196)),     # round to multiples of 28
+    ((1080, 1920), (4 * 784, 128 * 784), (224, 420)),   # too big: scale down, floor
+    ((10, 10), (56 * 56, 10**6), (56, 56)),             # too small: scale up, ceil
+    ((20, 300), (4 * 784, 256 * 784), (28, 308)),
+])
+def test_smart_resize(hw, pixels, expected):
+    assert data.smart_resize(*hw, *pixels) == expected
+    assert data.smart_resize(*hw, *pixels) == hf_smart_resize(*hw, min_pixels=pixels[0], max_pixels=pixels[1])
+
+
+def test_smart_resize_matches_hf_and_rejects_extreme_aspect():
+    rng = np.random.default_rng(0)
+    for h, w in rng.integers(28, 3000, size=(300, 2)):
+        lo, hi = sorted(int(v) * 784 for v in rng.integers(1, 400, size=2))
+        h, w = int(h), int(w)
+        assert data.smart_resize(h, w, lo, hi) == hf_smart_resize(h, w, min_pixels=lo, max_pixels=hi), (h, w, lo, hi)
+    with pytest.raises(ValueError, match="aspect ratio"):
+        data.smart_resize(10, 2500, 4 * 784, 256 * 784)
+
+
+@pytest.mark.parametrize("total, video_fps, max_frames, expected", [
+    (16, 4, 8, [0, 2, 4, 6, 9, 11, 13, 15]),       # 4 s demo clip: 8 frames
+    (16, 4, 16, [0, 2, 4, 6, 9, 11, 13, 15]),      # duration*fps = 8 < max_frames
+    (300, 30, 16, [0, 20, 40, 60, 80, 100, 120, 140, 159, 179, 199, 219, 239, 259, 279, 299]),  # 20 -> 16
+    (30, 30, 16, [0, 10, 19, 29]),                 # 1 s: 2 frames raised to min_frames 4
+    (99, 30, 16, [0, 20, 39, 59, 78, 98]),         # 3.3 s: 6.6 rounded down to even
+    (5, 1, 16, [0, 1, 3, 4]),                      # 10 wanted, only 5 frames -> 4
+    (3, 30, 16, [0, 2]),                           # 3 frames -> 2
+    (300, 30, 7, [0, 60, 120, 179, 239, 299]),     # odd max_frames -> even
+])
+def test_video_frame_indices(total, video_fps, max_frames, expected):
+    assert data.video_frame_indices(total, video_fps, max_frames) == expected
+
+
+def test_video_frame_indices_other_fps_and_too_short():
+    assert data.video_frame_indices(300, 30, 64, fps=1.0) == data.video_frame_indices(300, 30, 10)
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        data.video_frame_indices(1, 30, 16)
+
+
+def oracle(path, min_pixels, max_pixels):
+    proc = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+    out = proc(images=Image.open(path), return_tensors="np")
+    return out["pixel_values"], out["image_grid_thw"][0]
+
+
+@pytest.mark.parametrize("h, w", [(56, 56), (28, 84), (112, 56), (84, 140), (28, 28)])
+def test_patchify_matches_hf_processor_without_resize(tmp_path, h, w):
+    path = str(tmp_path / "x.png")
+    Image.fromarray(np.random.default_rng(h * w).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    frames = data.load_image(path, 28 * 28, 1000 * 28 * 28)
+    assert frames.shape == (1, 3, h, w)
+    pixel_values, grid = data.patchify(frames)
+    expected, expected_grid = oracle(path, 28 * 28, 1000 * 28 * 28)
+    assert grid.tolist() == expected_grid.tolist() == [1, h // 14, w // 14]
+    assert pixel_values.shape == expected.shape == (h * w // 196, 1176)
+    torch.testing.assert_close(pixel_values, torch.from_numpy(expected), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pixels", [(4 * 784, 256 * 784), (4 * 784, 8 * 784), (100 * 784, 400 * 784)])
+def test_patchify_matches_hf_processor_with_resize(tmp_path, pixels):
+    # Both sides resize the uint8 image with PIL bicubic, so the tolerance stays 1e-5 (no resize-kernel slack).
+    yy, xx = np.mgrid[0:100, 0:150]
+    smooth = np.stack([2 * yy, 1.5 * xx, yy + xx], -1).clip(0, 255).astype(np.uint8)
+    path = str(tmp_path / "smooth.png")
+    Image.fromarray(smooth).save(path)
+    pixel_values, grid = data.patchify(data.load_image(path, *pixels))
+    expected, expected_grid = oracle(path, *pixels)
+    assert grid.tolist() == expected_grid.tolist()
+    torch.testing.assert_close(pixel_values, torch.from_numpy(expected), atol=1e-5, rtol=0)
+
+
+def test_patchify_video_layout_and_odd_frames():
+    frames = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 56, 84) / 10  # frame i has value i/10 everywhere
+    pixel_values, grid = data.patchify(frames)
+    assert grid.tolist() == [2, 4, 6] and pixel_values.shape == (48, 1176)
+    patches = pixel_values.view(2, 24, 3, 2, 14, 14)  # [t, h*w, C, 2, p, p]
+    std, mean = torch.tensor(data.IMAGE_STD), torch.tensor(data.IMAGE_MEAN)
+    for t in range(2):
+        for k in range(2):  # frames 2t and 2t+1 share a temporal patch, in order
+            raw = patches[t, :, :, k] * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)
+            torch.testing.assert_close(raw, torch.full_like(raw, (2 * t + k) / 10), atol=1e-5, rtol=0)
+    odd, odd_grid = data.patchify(frames[:3])  # the last frame is repeated
+    assert odd_grid.tolist() == [2, 4, 6]
+    torch.testing.assert_close(odd.view(2, 24, 3, 2, 196)[1, :, :, 0], odd.view(2, 24, 3, 2, 196)[1, :, :, 1])
+    with pytest.raises(ValueError, match="multiples of 28"):
+        data.patchify(torch.zeros(2, 3, 56, 50))
+
+
+def test_shuffle_frames_frame_level():
+    frames = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 3, 2, 2)
+    out = data.shuffle_frames(frames, torch.Generator().manual_seed(0))
+    order = out[:, 0, 0, 0].long()
+    assert sorted(order.tolist()) == list(range(8)) and order.tolist() != list(range(8))
+    assert torch.equal(out, frames[order])  # whole frames move, nothing else changes
+    again = data.shuffle_frames(frames, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    orders = {tuple(data.shuffle_frames(frames, torch.Generator().manual_seed(s))[:, 0, 0, 0].tolist()) for s in range(10)}
+    assert len(orders) > 5  # fresh permutations, not a fixed one
+    for s in range(20):  # 2 frames: a raw randperm is the identity half the time; we must always swap
+        assert data.shuffle_frames(frames[:2], torch.Generator().manual_seed(s))[:, 0, 0, 0].tolist() == [1.0, 0.0]
+
+
+def test_shuffle_frames_patch_level_keeps_pairs():
+    frames = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 3, 2, 2)
+    for s in range(20):
+        order = data.shuffle_frames(frames, torch.Generator().manual_seed(s), level="patch")[:, 0, 0, 0].long()
+        pairs = order.view(4, 2)
+        assert torch.equal(pairs[:, 1], pairs[:, 0] + 1) and torch.all(pairs[:, 0] % 2 == 0)
+        assert sorted(order.tolist()) == list(range(8)) and order.tolist() != list(range(8))
+        four = data.shuffle_frames(frames[:4], torch.Generator().manual_seed(s), level="patch")[:, 0, 0, 0]
+        assert four.tolist() == [2, 3, 0, 1]
+    with pytest.raises(ValueError, match="even"):
+        data.shuffle_frames(frames[:3], torch.Generator(), level="patch")
+
+
+# ----------------------------------------------------------------------------- collate
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                "<|image_pad|>", "<|video_pad|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([data.prompt_text(row())], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>")
+
+
+def test_collate_expands_placeholders_and_left_pads():
+    tok = tiny_tokenizer()
+    video = data.make_visual(torch.rand(8, 3, 56, 56), 1.0)
+    image = data.make_visual(torch.rand(1, 3, 56, 112), None)
+    assert video["kind"] == "video" and video["grid_thw"].tolist() == [4, 4, 4] and video["second_per_grid_t"] == 1.0
+    assert image["kind"] == "image" and image["grid_thw"].tolist() == [1, 4, 8] and image["second_per_grid_t"] is None
+    prompts = [data.prompt_text(row(data_type="video")), data.prompt_text(row(data_type="image")), "just text"]
+    batch = data.collate(prompts, [video, image, None], tok)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    video_pad, image_pad = tok.convert_tokens_to_ids("<|video_pad|>"), tok.convert_tokens_to_ids("<|image_pad|>")
+    assert (ids[0] == video_pad).sum() == 16 == video["grid_thw"].prod() // 4
+    assert (ids[1] == image_pad).sum() == 8 == image["grid_thw"].prod() // 4
+    assert (ids[2] == video_pad).sum() == (ids[2] == image_pad).sum() == 0
+    assert batch["visuals"] == [video, image, None]
+    for b, (prompt, n, pad) in enumerate(zip(prompts, [16, 8, 0], ["<|video_pad|>", "<|image_pad|>", ""])):
+        expected = tok.encode(prompt.replace(pad, pad * n) if pad else prompt, add_special_tokens=False)
+        L = len(expected)
+        assert mask[b].tolist() == [0] * (ids.shape[1] - L) + [1] * L  # left padding
+        assert ids[b, ids.shape[1] - L:].tolist() == expected
+        assert torch.all(ids[b, :ids.shape[1] - L] == tok.pad_token_id)
+    assert mask[0].all()  # the longest row has no padding
+
+
+def test_collate_rejects_wrong_placeholders():
+    tok = tiny_tokenizer()
+    video = data.make_visual(torch.rand(2, 3, 28, 28), 1.0)
+    video_prompt, image_prompt = data.prompt_text(row(data_type="video")), data.prompt_text(row(data_type="image"))
+    for prompt, visual in [("no placeholder", video), (video_prompt + "<|video_pad|>", video),
+                           (image_prompt, video), (video_prompt, None)]:
+        with pytest.raises(ValueError, match="placeholders"):
+            data.collate([prompt], [visual], tok)
+
+
+# ----------------------------------------------------------------------------- media files
+
+def test_load_video_matches_decord(world):
+    import decord
+    out, files = world
+    path = str(out / files["rl"][0]["path"]) if files["rl"][0]["data_type"] == "video" else None
+    path = path or str(out / next(r["path"] for r in files["rl"] if r["data_type"] == "video"))
+    frames, second_per_grid_t = data.load_video(path, max_frames=8, min_pixels=56 * 56, max_pixels=56 * 56)
+    assert frames.shape == (8, 3, 56, 56) and frames.dtype == torch.float32 and second_per_grid_t == 1.0
+    raw = decord.VideoReader(path).get_batch([0, 2, 4, 6, 9, 11, 13, 15]).asnumpy()  # [8,56,56,3]
+    torch.testing.assert_close(frames, torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 255)
+    big, spg = data.load_video(path, max_frames=4, min_pixels=112 * 112, max_pixels=112 * 112)
+    assert big.shape == (4, 3, 112, 112) and spg == 2.0  # 4 frames over 4 s: 1 fps, 2 s per patch
+
+
+def test_bad_media_names_the_path(tmp_path):
+    missing = str(tmp_path / "gone.mp4")
+    with pytest.raises(FileNotFoundError, match="gone.mp4"):
+        data.load_video(missing)
+    with pytest.raises(FileNotFoundError, match="gone.png"):
+        data.load_image(str(tmp_path / "gone.png"))
+    for name, content in [("garbage.mp4", b"\x00not a video\xff" * 64), ("empty.mp4", b"")]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=f"cannot decode video .*{name}"):
+            data.load_video(str(tmp_path / name))
+    (tmp_path / "garbage.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match="cannot decode image .*garbage.png"):
+        data.load_image(str(tmp_path / "garbage.png"))
+
+
+def test_load_image_composites_transparency_on_white(tmp_path):
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[:, :14] = (255, 0, 0, 255)  # left half opaque red, right half fully transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    frames = data.load_image(str(tmp_path / "a.png"), 28 * 28, 28 * 28)
+    assert frames[0, :, 0, 0].tolist() == [1.0, 0.0, 0.0] and frames[0, :, 0, 27].tolist() == [1.0, 1.0, 1.0]
+
+
+# ----------------------------------------------------------------------------- demo world
+
+def test_demo_world_round_trip(world):
+    out, files = world
+    counts = {name: len(data.load_rows(str(out / f"{name}.json"), require_process=(name == "cot")))
+              for name in ("rl", "cot", "eval_demo")}
+    assert counts == {"rl": 240, "cot": 240, "eval_demo": 120}
+    rows = data.load_rows(str(out / "rl.json"))
+    assert {r["problem_type"] for r in rows} == set(data.PROBLEM_TYPES)
+    assert "process" not in rows[0] and files["cot"][0]["process"].startswith("<think>")
+    seen = set()
+    for r in rows:
+        if (r["data_type"], r["data_source"]) in seen:
+            continue
+        seen.add((r["data_type"], r["data_source"]))
+        frames, spg = data.load_frames(r, **DEMO)
+        visual = data.make_visual(frames, spg)
+        if r["data_type"] == "video":
+            assert visual["grid_thw"].tolist() == [4, 4, 4] and visual["pixel_values"].shape == (64, 1176) and spg == 1.0
+        else:
+            assert visual["grid_thw"].tolist() == [1, 4, 4] and spg is None
+    assert len(seen) == 9
+    eval_rows = data.load_rows(str(out / "eval_demo.json"))
+    assert not {r["path"] for r in eval_rows} & {r["path"] for r in rows}
+    for r in rows:  # each SFT target's chain of thought is short and ends in the answer
+        process = files["cot"][r["problem_id"]]["process"]
+        assert 12 <= len(process.split()) <= 40, process
+        assert r["solution"] == files["cot"][r["problem_id"]]["solution"]
+
+
+def test_demo_world_is_balanced(world):
+    out, files = world
+    by_family = collections.defaultdict(list)
+    for r in files["rl"] + files["eval_demo"]:
+        by_family[r["data_source"]].append(r["solution"])
+    assert set(by_family) == {f"demo/{f}" for f in list(data.VIDEO_FAMILIES) + list(data.IMAGE_FAMILIES)}
+    for family, answers in by_family.items():
+        top = collections.Counter(answers).most_common(1)[0][1] / len(answers)
+        assert top <= 0.45, (family, collections.Counter(answers))  # a constant answer scores poorly
+
+
+def test_demo_world_labels_match_pixels(world):
+    out, files = world
+    def centroid(frame):  # frame [3,H,W]: centre of the non-background pixels
+        ys, xs = torch.nonzero((frame * 255 - data.BACKGROUND).abs().amax(0) > 60, as_tuple=True)
+        return xs.float().mean().item(), ys.float().mean().item(), len(ys)
+    shortcut_hits, direction_rows = 0, 0
+    for r in data.load_rows(str(out / "rl.json"), data_types=["video"]):
+        family = r["data_source"].split("/")[1]
+        answer = r["solution"][8:-9]
+        frames, _ = data.load_frames(r, **DEMO)
+        if family in ("direction", "order", "grow"):
+            answer = {o[0]: o[3:] for o in r["options"]}[answer]
+        first, last, middle = centroid(frames[0]), centroid(frames[-1]), centroid(frames[4])
+        if family in ("direction", "motion"):
+            dx, dy = last[0] - first[0], last[1] - first[1]
+            seen = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
+            assert answer.endswith(seen), (r["path"], answer, dx, dy)
+        if family == "direction":  # one middle frame: the half the square is in
+            x, y, _ = middle
+            guess = ("right" if x < 28 else "left") if abs(x - 28) > abs(y - 28) else ("down" if y < 28 else "up")
+            shortcut_hits, direction_rows = shortcut_hits + (guess == answer), direction_rows + 1
+        if family == "grow":
+            ratio = last[2] / first[2]  # pixel counts; codec noise moves them a little
+            change = "grows" if ratio > 1.5 else "shrinks" if ratio < 1 / 1.5 else "stays the same size"
+            assert answer == change
+        if family == "order":
+            colour = frames[0, :, int(first[1]), int(first[0])] * 255
+            nearest = min(data.COLOURS, key=lambda c: (colour - torch.tensor(data.COLOURS[c])).abs().sum())
+            assert answer == nearest
+    assert direction_rows == 32 and 0.65 <= shortcut_hits / direction_rows <= 0.85
+    for r in data.load_rows(str(out / "rl.json"), problem_types=["regression"]):  # PNG is lossless: exact area
+        pixels = np.asarray(Image.open(r["media"])) != data.BACKGROUND
+        assert float(r["solution"][8:-9]) == round(100 * pixels.any(-1).mean(), 1)
+
+
+def test_demo_world_is_deterministic_and_texts(tmp_path):
+    a = data.make_demo_world(str(tmp_path / "a"), seed=3, n_videos=10, n_images=4)
+    b = data.make_demo_world(str(tmp_path / "b"), seed=3, n_videos=10, n_images=4)
+    c = data.make_demo_world(str(tmp_path / "c"), seed=4, n_videos=10, n_images=4)
+    assert a == b and a != c
+    assert (tmp_path / "a/videos/train_0003.mp4").read_bytes() == (tmp_path / "b/videos/train_0003.mp4").read_bytes()
+    texts = data.demo_texts(str(tmp_path / "a"))
+    r = data.load_rows(str(tmp_path / "a/eval_demo.json"))[0]
+    assert data.prompt_text(r) in texts and data.prompt_text(r, "eval") in texts
+    assert a["cot"][0]["process"] in texts and a["rl"][0]["solution"] in texts
+    assert all(o in texts for row_ in a["rl"] for o in row_["options"])
