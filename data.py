@@ -7,8 +7,9 @@
 
 Vision follows the Qwen2.5-VL conventions (SPEC 1.3): sides are multiples of 28, 14x14 patches, two
 frames per temporal patch, 2x2 patches merged into one LLM token, so a visual costs t*h*w/4 tokens.
-Resizing uses PIL bicubic on uint8 frames, like the Hugging Face PIL image processor (for images this is
-bit-exact; qwen-vl-utils resizes videos with torchvision instead, which differs by a few grey levels).
+Resizing is bicubic with antialiasing on uint8 pixels, as in qwen-vl-utils (which the release used): images
+with PIL (bit-exact with the Hugging Face PIL image processor), videos with torch (what torchvision runs; fast,
+within one grey level of PIL).
 """
 import json
 import math
@@ -170,14 +171,6 @@ def video_frame_indices(total_frames, video_fps, max_frames, fps=2.0, min_frames
     return torch.linspace(0, total_frames - 1, n).round().long().tolist()
 
 
-def _to_tensor(frames, min_pixels, max_pixels):
-    """uint8 [T,H,W,3] -> float [T,3,H',W'] in [0,1], resized by smart_resize with PIL bicubic."""
-    h, w = smart_resize(frames.shape[1], frames.shape[2], min_pixels, max_pixels)
-    if (h, w) != frames.shape[1:3]:
-        frames = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BICUBIC)) for f in frames])
-    return torch.from_numpy(np.array(frames)).permute(0, 3, 1, 2).float() / 255  # [T,3,H,W]
-
-
 def load_video(path, max_frames=16, fps=2.0, min_pixels=VIDEO_MIN_PIXELS, max_pixels=128 * 28 * 28):
     """Decode the frames picked by video_frame_indices -> (frames [T,3,H,W] in [0,1], second_per_grid_t).
 
@@ -186,16 +179,19 @@ def load_video(path, max_frames=16, fps=2.0, min_pixels=VIDEO_MIN_PIXELS, max_pi
     if not os.path.isfile(path):
         raise FileNotFoundError(f"video not found: {path}")
     try:
-        vr = decord.VideoReader(path, num_threads=1)
+        vr = decord.VideoReader(path)
         total, native_fps = len(vr), vr.get_avg_fps()
         if not native_fps > 0:
             raise ValueError(f"bad frame rate {native_fps}")
         frames = vr.get_batch(video_frame_indices(total, native_fps, max_frames, fps)).asnumpy()  # [T,H,W,3] uint8
-        frames = _to_tensor(frames, min_pixels, max_pixels)  # [T,3,H,W]
+        h, w = smart_resize(frames.shape[1], frames.shape[2], min_pixels, max_pixels)
     except (RuntimeError, ValueError) as e:  # decord raises RuntimeError for unreadable files
         raise ValueError(f"cannot decode video {path}: {e}") from e
+    frames = torch.from_numpy(frames).permute(0, 3, 1, 2)  # [T,3,H,W] uint8
+    if (h, w) != frames.shape[2:]:
+        frames = torch.nn.functional.interpolate(frames, size=(h, w), mode="bicubic", antialias=True)  # [T,3,h,w]
     effective_fps = len(frames) / (total / native_fps)
-    return frames, TEMPORAL_PATCH_SIZE / effective_fps
+    return frames.float() / 255, TEMPORAL_PATCH_SIZE / effective_fps
 
 
 def load_image(path, min_pixels=4 * 28 * 28, max_pixels=256 * 28 * 28):
@@ -206,9 +202,12 @@ def load_image(path, min_pixels=4 * 28 * 28, max_pixels=256 * 28 * 28):
         with Image.open(path) as img:
             if img.mode in ("RGBA", "LA") or "transparency" in img.info:
                 img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img.convert("RGBA"))
-            return _to_tensor(np.asarray(img.convert("RGB"))[None], min_pixels, max_pixels)  # [1,3,H,W]
+            img = img.convert("RGB")
+            h, w = smart_resize(img.height, img.width, min_pixels, max_pixels)
+            pixels = np.array(img.resize((w, h), Image.BICUBIC))  # [h,w,3] uint8; no-op when the size is right
     except (OSError, ValueError) as e:  # PIL raises UnidentifiedImageError (an OSError) for garbage
         raise ValueError(f"cannot decode image {path}: {e}") from e
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255  # [1,3,h,w]
 
 
 def patchify(frames):
