@@ -47,8 +47,6 @@ QUESTION_TEMPLATE_EVAL = QUESTION_TEMPLATE.replace(
     "between the <think> and </think> tags, and then give your final answer between the <answer> and </answer> tags.")
 
 
-# ----------------------------------------------------------------------------- rows
-
 def _check_row(row, where, require_process):
     """Raise ValueError("<where>: field 'x': ...") for the first problem found in one row."""
     if not isinstance(row, dict):
@@ -87,19 +85,20 @@ def load_rows(path, data_root=None, data_types=None, problem_types=None, limit=N
     matching rows are found, so a bad row past that point is never seen.
     E.g. a row {"path": "./videos/v1.mp4", ...} in /d/rl.json gets row["media"] = "/d/videos/v1.mp4".
     """
-    for name, wanted, known in [("data_types", data_types, DATA_TYPES), ("problem_types", problem_types, PROBLEM_TYPES)]:
+    for name, wanted, known in [("data_types", data_types, DATA_TYPES),
+                                ("problem_types", problem_types, PROBLEM_TYPES)]:
         if wanted is not None and not set(wanted) <= set(known):
             raise ValueError(f"{name}: unknown values {sorted(set(wanted) - set(known))}, known: {known}")
     try:
         with open(path) as f:
-            data = json.load(f)
+            items = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON: {e}") from e
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: expected a JSON list of rows, got {type(items).__name__}")
     root = os.path.dirname(os.path.abspath(path)) if data_root is None else os.path.abspath(data_root)
     rows = []
-    for i, row in enumerate(data):
+    for i, row in enumerate(items):
         if limit is not None and len(rows) >= limit:
             break
         _check_row(row, f"{path}: row {i}", require_process)
@@ -111,8 +110,6 @@ def load_rows(path, data_root=None, data_types=None, problem_types=None, limit=N
         rows.append(dict(row, media=os.path.join(root, rel)))
     return rows
 
-
-# ----------------------------------------------------------------------------- prompts
 
 def question_text(row):
     """problem, plus the options for multiple choice: "Which way?" -> "Which way?Options:\\nA. left\\nB. right\\n"
@@ -132,19 +129,18 @@ def prompt_text(row, template="train"):
 
 
 def sft_target(row):
-    """"<think>...</think>\\n<answer>X</answer>"; the caller appends <|im_end|>."""
+    """process + "\\n" + solution, e.g. "<think>It moves right.</think>\\n<answer>B</answer>".
+    The caller appends <|im_end|>, so the model learns to stop."""
     return row["process"] + "\n" + row["solution"]
 
-
-# ----------------------------------------------------------------------------- vision
 
 def smart_resize(height, width, min_pixels, max_pixels, factor=PATCH_SIZE * MERGE_SIZE):
     """Sides rounded to multiples of `factor`, aspect kept, area scaled into [min_pixels, max_pixels].
 
     smart_resize(1080, 1920, 4*28*28, 128*28*28) -> (224, 420); smart_resize(10, 10, 56*56, 10**6) -> (56, 56)
     """
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}")
+    if max(height, width) / min(height, width) > 200:  # as HF: such slivers are almost surely a bug
+        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {height}x{width}")
     h, w = round(height / factor) * factor, round(width / factor) * factor
     if h * w > max_pixels:
         beta = math.sqrt(height * width / max_pixels)
@@ -283,7 +279,8 @@ def collate(prompts, visuals, tokenizer):
         counts = {kind: ids.count(i) for kind, i in pad_ids.items()}
         want = {kind: int(visual is not None and visual["kind"] == kind) for kind in pad_ids}
         if counts != want:
-            raise ValueError(f"prompt {b}: expected placeholders {want} for a {visual and visual['kind']} input, found {counts}")
+            raise ValueError(f"prompt {b}: expected placeholders {want} for a {visual and visual['kind']} input, "
+                             f"found {counts}")
         if visual is not None:
             i = ids.index(pad_ids[visual["kind"]])
             n = int(visual["grid_thw"].prod()) // MERGE_SIZE**2
@@ -297,8 +294,6 @@ def collate(prompts, visuals, tokenizer):
         attention_mask[b, L - len(s):] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "visuals": list(visuals)}
 
-
-# ----------------------------------------------------------------------------- synthetic demo world
 
 DEMO_SIZE = 56                 # 56x56 = 2x2 merged tokens per temporal patch: tiny but a real grid
 DEMO_FPS, DEMO_FRAMES = 4, 16  # 4 s clips; sampled at 2 fps with max_frames=8 -> 8 frames -> grid (4,4,4)
@@ -332,12 +327,13 @@ def _moving_square(rng, direction, stays_in_start_half):
     a, b = (lo, hi) if increasing else (hi, lo)
     colour = str(rng.choice(list(COLOURS)))
     cross = 22 + int(rng.integers(-3, 4))
+    horizontal = direction in ("left", "right")
     frames = _canvas(DEMO_FRAMES)
     for f in range(DEMO_FRAMES):
         pos = round(a + (b - a) * f / (DEMO_FRAMES - 1))
-        x, y = (pos, cross) if direction in ("left", "right") else (cross, pos)
+        x, y = (pos, cross) if horizontal else (cross, pos)
         frames[f, y:y + 12, x:x + 12] = COLOURS[colour]
-    words = ("left", "right", "left of", "right of") if direction in ("left", "right") else ("top", "bottom", "above", "below")
+    words = ("left", "right", "left of", "right of") if horizontal else ("top", "bottom", "above", "below")
     where = {2: f"near the {words[0]} edge", 18: f"just {words[2]} the centre",
              26: f"just {words[3]} the centre", 42: f"near the {words[1]} edge"}
     think = (f"Let me think. In the first frame the {colour} square is {where[a]}. Then, in the later frames, it "
@@ -356,7 +352,8 @@ def _direction(rng, k):
 def _motion(rng, k):
     d = DIRECTIONS[k % 4]
     frames, colour, think = _moving_square(rng, d, stays_in_start_half=(k // 4) % 2 == 0)  # no shortcut here
-    return frames, "Describe the motion in the video in a few words.", "free-form", [], f"the {colour} square moves {d}", think
+    answer = f"the {colour} square moves {d}"
+    return frames, "Describe the motion in the video in a few words.", "free-form", [], answer, think
 
 
 def _order(rng, k):
@@ -386,7 +383,8 @@ def _grow(rng, k):
     options, letter = _mc(rng, change, SIZE_CHANGES)
     think = (f"At first the {colour} square is {size(s0)}. Then, in the last frames, it is "
              f"{'still ' if s0 == s1 else ''}{size(s1)}. So it {change}.")
-    return frames, f"Does the {colour} square grow, shrink, or stay the same size?", "multiple choice", options, letter, think
+    problem = f"Does the {colour} square grow, shrink, or stay the same size?"
+    return frames, problem, "multiple choice", options, letter, think
 
 
 def _squares(rng, n, frames, colours):
@@ -411,21 +409,24 @@ def _count(rng, k):
     return frames, "How many squares are in the video?", "numerical", [], str(n), think
 
 
-def _colour(rng, k):
-    colour, s = list(COLOURS)[k % 4], int(rng.integers(14, 29))
+def _one_square(rng, s, colour):
     x, y = (int(v) for v in rng.integers(0, DEMO_SIZE - s + 1, size=2))
     image = _canvas(1)
     image[0, y:y + s, x:x + s] = COLOURS[colour]
+    return image
+
+
+def _colour(rng, k):
+    colour = list(COLOURS)[k % 4]
+    image = _one_square(rng, int(rng.integers(14, 29)), colour)
     options, letter = _mc(rng, colour, list(COLOURS))
-    think = f"The image shows one square on a dark background. Its colour is clearly {colour}, which is option {letter}."
+    think = f"The image shows one square on a dark background. Its colour is clearly {colour}: option {letter}."
     return image, "What colour is the square in the image?", "multiple choice", options, letter, think
 
 
 def _area(rng, k):
     s, colour = int(rng.integers(8, 41)), str(rng.choice(list(COLOURS)))
-    x, y = (int(v) for v in rng.integers(0, DEMO_SIZE - s + 1, size=2))
-    image = _canvas(1)
-    image[0, y:y + s, x:x + s] = COLOURS[colour]
+    image = _one_square(rng, s, colour)
     percent = round(100 * s * s / DEMO_SIZE**2, 1)
     think = (f"The image is {DEMO_SIZE} by {DEMO_SIZE} pixels and the {colour} square is about {s} by {s}. So it "
              f"covers {s * s} of {DEMO_SIZE**2} pixels, which is about {percent} percent.")
@@ -439,7 +440,7 @@ def _ocr(rng, k):
         for j in [j for j, bit in enumerate(GLYPHS[letter]) if bit == "1"]:
             y, x = 13 + 6 * (j // 3), 7 + 24 * i + 6 * (j % 3)  # two 18x30 letters, 6 px apart, centred
             image[0, y:y + 6, x:x + 6] = 235
-    think = f"I see two large blocky white letters. The first is {word[0]} and the second is {word[1]}, so the text reads {word}."
+    think = f"I see two big blocky white letters. The first is {word[0]}, the second is {word[1]}, so it reads {word}."
     return image, "What text is written in the image?", "OCR", [], word, think
 
 
@@ -448,7 +449,7 @@ def _describe(rng, k):
     image = _canvas(1)
     _squares(rng, n, image, [colour] * n)
     answer = f"{NUMBER_WORDS[n]} {colour} square{'s' * (n > 1)}"
-    think = f"Let me look. There {'is' if n == 1 else 'are'} {answer} on a dark background and nothing else. So my description is: {answer}."
+    think = f"Let me look. There {'is' if n == 1 else 'are'} {answer} on a dark background, nothing else. So: {answer}."
     return image, "Describe the image in a few words.", "free-form", [], answer, think
 
 

@@ -35,8 +35,6 @@ def write_rows(tmp_path, rows, name="rl.json"):
     return str(path)
 
 
-# ----------------------------------------------------------------------------- rows
-
 def test_load_rows_media_filters_limit(tmp_path):
     rows = [row(problem_id=i, data_type=["video", "image"][i % 2], path=f"./m/{i}.mp4") for i in range(6)]
     rows[4]["problem_type"], rows[4]["options"], rows[4]["solution"] = "numerical", [], "<answer>3</answer>"
@@ -97,8 +95,6 @@ def test_load_rows_missing_field_process_and_file_level_errors(tmp_path):
         data.load_rows(str(tmp_path / "nope.json"))
 
 
-# ----------------------------------------------------------------------------- prompts
-
 INSTRUCTION = ("\nPlease think about this question as if you were a human pondering deeply. Engage in an internal "
                "dialogue using expressions such as 'let me think', 'wait', 'Hmm', 'oh, I see', 'let's break it down', "
                "etc, or other natural language thought expressions It's encouraged to include self-reflection or "
@@ -106,8 +102,8 @@ INSTRUCTION = ("\nPlease think about this question as if you were a human ponder
                "tags, and then give your final answer between the <answer> </answer> tags.")
 INSTRUCTION_EVAL = ("\nPlease think about this question as if you were a human pondering deeply. Engage in an internal "
                     "dialogue using expressions such as 'let me think', 'wait', 'Hmm', 'oh, I see', 'let's break it "
-                    "down', etc, or other natural language thought expressions It's encouraged to include self-reflection"
-                    " or verification in the reasoning process. Provide your detailed reasoning between the <think> and"
+                    "down', etc, or other natural language thought expressions It's encouraged to include "
+                    "self-reflection or verification in the reasoning process. Provide your detailed reasoning between the <think> and"
                     " </think> tags, and then give your final answer between the <answer> and </answer> tags.")
 HEAD_VIDEO = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
               "<|vision_start|><|video_pad|><|vision_end|>")
@@ -122,7 +118,8 @@ TAIL = "<|im_end|>\n<|im_start|>assistant\n"
     ("numerical", "video", HEAD_VIDEO, "Which way?",
      " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> tags."),
     ("OCR", "image", HEAD_IMAGE, "Which way?",
-     " Please transcribe text from the image/video clearly and provide your text answer within the <answer> </answer> tags."),
+     " Please transcribe text from the image/video clearly and provide your text answer within the <answer> </answer>"
+     " tags."),
     ("free-form", "image", HEAD_IMAGE, "Which way?",
      " Please provide your text answer within the <answer> </answer> tags."),
     ("regression", "video", HEAD_VIDEO, "Which way?",
@@ -138,8 +135,6 @@ def test_prompt_text_exact(problem_type, data_type, head, question, suffix):
 def test_sft_target():
     assert data.sft_target(row()) == "<think>It moves right.</think>\n<answer>B</answer>"
 
-
-# ----------------------------------------------------------------------------- vision
 
 @pytest.mark.parametrize("hw, pixels, expected", [
     ((56, 56), (4 * 784, 256 * 784), (56, 56)),
@@ -240,7 +235,8 @@ def test_shuffle_frames_frame_level():
     assert torch.equal(out, frames[order])  # whole frames move, nothing else changes
     again = data.shuffle_frames(frames, torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
-    orders = {tuple(data.shuffle_frames(frames, torch.Generator().manual_seed(s))[:, 0, 0, 0].tolist()) for s in range(10)}
+    orders = {tuple(data.shuffle_frames(frames, torch.Generator().manual_seed(s))[:, 0, 0, 0].tolist())
+              for s in range(10)}
     assert len(orders) > 5  # fresh permutations, not a fixed one
     for s in range(20):  # 2 frames: a raw randperm is the identity half the time; we must always swap
         assert data.shuffle_frames(frames[:2], torch.Generator().manual_seed(s))[:, 0, 0, 0].tolist() == [1.0, 0.0]
@@ -259,8 +255,6 @@ def test_shuffle_frames_patch_level_keeps_pairs():
         data.shuffle_frames(frames[:3], torch.Generator(), level="patch")
 
 
-# ----------------------------------------------------------------------------- collate
-
 def tiny_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -268,7 +262,8 @@ def tiny_tokenizer():
                 "<|image_pad|>", "<|video_pad|>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([data.prompt_text(row())], trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>")
 
@@ -306,8 +301,6 @@ def test_collate_rejects_wrong_placeholders():
             data.collate([prompt], [visual], tok)
 
 
-# ----------------------------------------------------------------------------- media files
-
 def test_load_video_matches_decord(world):
     import decord
     out, files = world
@@ -321,7 +314,8 @@ def test_load_video_matches_decord(world):
     # torch's uint8 bicubic+antialias resize stays within one grey level of PIL's (the image path, the HF oracle)
     raw = decord.VideoReader(path).get_batch([0, 5, 10, 15]).asnumpy()  # [4,56,56,3]
     pil = np.stack([np.asarray(Image.fromarray(f).resize((112, 112), Image.BICUBIC)) for f in raw])
-    torch.testing.assert_close(big, torch.from_numpy(pil).permute(0, 3, 1, 2).float() / 255, atol=1 / 255 + 1e-6, rtol=0)
+    pil = torch.from_numpy(pil).permute(0, 3, 1, 2).float() / 255  # [4,3,112,112]
+    torch.testing.assert_close(big, pil, atol=1 / 255 + 1e-6, rtol=0)
 
 
 def test_bad_media_names_the_path(tmp_path):
@@ -347,8 +341,6 @@ def test_load_image_composites_transparency_on_white(tmp_path):
     assert frames[0, :, 0, 0].tolist() == [1.0, 0.0, 0.0] and frames[0, :, 0, 27].tolist() == [1.0, 1.0, 1.0]
 
 
-# ----------------------------------------------------------------------------- demo world
-
 def test_demo_world_round_trip(world):
     out, files = world
     counts = {name: len(data.load_rows(str(out / f"{name}.json"), require_process=(name == "cot")))
@@ -365,7 +357,8 @@ def test_demo_world_round_trip(world):
         frames, spg = data.load_frames(r, **DEMO)
         visual = data.make_visual(frames, spg)
         if r["data_type"] == "video":
-            assert visual["grid_thw"].tolist() == [4, 4, 4] and visual["pixel_values"].shape == (64, 1176) and spg == 1.0
+            assert visual["grid_thw"].tolist() == [4, 4, 4] and visual["pixel_values"].shape == (64, 1176)
+            assert spg == 1.0
         else:
             assert visual["grid_thw"].tolist() == [1, 4, 4] and spg is None
     assert len(seen) == 9
