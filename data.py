@@ -171,7 +171,9 @@ def load_video(path, max_frames=16, fps=2.0, min_pixels=VIDEO_MIN_PIXELS, max_pi
     """Decode the frames picked by video_frame_indices -> (frames [T,3,H,W] in [0,1], second_per_grid_t).
 
     second_per_grid_t = seconds covered by one 2-frame patch; a 4 s clip sampled at 8 frames -> 2/(8/4) = 1.0.
+    A max_pixels below min_pixels wins: load_video(p, max_pixels=56*56) gives 56x56 frames, not upscaled ones.
     """
+    min_pixels = min(min_pixels, max_pixels)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"video not found: {path}")
     try:

@@ -103,7 +103,8 @@ INSTRUCTION = ("\nPlease think about this question as if you were a human ponder
 INSTRUCTION_EVAL = ("\nPlease think about this question as if you were a human pondering deeply. Engage in an internal "
                     "dialogue using expressions such as 'let me think', 'wait', 'Hmm', 'oh, I see', 'let's break it "
                     "down', etc, or other natural language thought expressions It's encouraged to include "
-                    "self-reflection or verification in the reasoning process. Provide your detailed reasoning between the <think> and"
+                    "self-reflection or verification in the reasoning process. Provide your detailed reasoning "
+                    "between the <think> and"
                     " </think> tags, and then give your final answer between the <answer> and </answer> tags.")
 HEAD_VIDEO = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
               "<|vision_start|><|video_pad|><|vision_end|>")
@@ -311,6 +312,7 @@ def test_load_video_matches_decord(world):
     torch.testing.assert_close(frames, torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 255)
     big, spg = data.load_video(path, max_frames=4, min_pixels=112 * 112, max_pixels=112 * 112)
     assert big.shape == (4, 3, 112, 112) and spg == 2.0  # 4 frames over 4 s: 1 fps, 2 s per patch
+    assert data.load_video(path, max_pixels=56 * 56)[0].shape == (8, 3, 56, 56)  # not raised to the default min
     # torch's uint8 bicubic+antialias resize stays within one grey level of PIL's (the image path, the HF oracle)
     raw = decord.VideoReader(path).get_batch([0, 5, 10, 15]).asnumpy()  # [4,56,56,3]
     pil = np.stack([np.asarray(Image.fromarray(f).resize((112, 112), Image.BICUBIC)) for f in raw])
