@@ -1,0 +1,220 @@
+"""Tests of eval.py: the scoring rules on hand-made answers, then the evaluation loop on the tiny
+checkpoint and a small demo world (end to end with shuffled frames, resume, a broken sample, two
+processes)."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+import data
+import eval as ev
+import model as engine
+
+REAL_GENERATE = engine.generate
+MC, NUM, REG = "multiple choice", "numerical", "regression"
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+@pytest.mark.parametrize("output, solution, problem_type, answer, score", [
+    ("<think>hmm</think><answer>B</answer>", "<answer>B</answer>", MC, "B", 1.0),
+    ("<think>hmm</think><answer>C</answer>", "<answer>B</answer>", MC, "C", 0.0),
+    ("  B\n", "<answer>B</answer>", MC, "B", 1.0),                   # no tag: the whole output
+    ("The answer is B", "<answer>B</answer>", MC, "The answer is B", 0.0),
+    ("<answer>3.141</answer>", "<answer>3.14</answer>", NUM, "3.141", 1.0),  # equal at 2 decimals
+    ("<answer>3</answer>", "<answer>3.0</answer>", NUM, "3", 0.0),   # notation differs: wrong
+    ("<answer>1,000</answer>", "<answer>1000</answer>", NUM, "1,000", 0.0),
+    ("<answer>12</answer>", "<answer>12</answer>", NUM, "12", 1.0),
+    ("<answer>7</answer>", "<answer>7</answer>", REG, "7", 1.0),
+    ("<answer>7.5</answer>", "<answer>7</answer>", REG, "7.5", 0.9),  # rel 0.071 < 1-theta for 9 thetas
+    ("9", "<answer>7</answer>", REG, "9", 0.5),                      # rel 0.286: thetas 0.50..0.70
+    ("<answer>30</answer>", "<answer>7</answer>", REG, "30", 0.0),
+    ("<answer>about 7</answer>", "<answer>7</answer>", REG, "about 7", 0.0),
+])
+def test_score_sample_rules(output, solution, problem_type, answer, score):
+    s = ev.score_sample(output, solution, problem_type)
+    assert s["answer"] == answer
+    assert s["score"] == pytest.approx(score)
+
+
+def rec(score, problem_type=MC, source="s", pid=0, shuffled=False, status="ok", temporal=False):
+    return {"benchmark": "b", "problem_id": pid, "shuffled": shuffled, "status": status, "score": score,
+            "problem_type": problem_type, "data_source": source, "temporal": temporal}
+
+
+def test_vsi_release_figure_vs_task_macro():
+    records = [rec(1.0, source="rel_dir", pid=0), rec(0.0, source="rel_dir", pid=1),
+               rec(0.0, source="rel_dir", pid=2), rec(1.0, source="route", pid=3),
+               rec(0.5, REG, "count", pid=4), rec(0.0, REG, "count", pid=5)]
+    s = ev.summarize(records)["b"]
+    # release: (MC mean 2/4 + MRA mean 0.25) / 2; macro: (1/3 + 1 + 0.25) / 3; row mean would be 2.5/6
+    assert s["all"]["release"] == pytest.approx(0.375)
+    assert s["all"]["macro"] == pytest.approx((1 / 3 + 1 + 0.25) / 3)
+    assert s["problem_type"][REG]["release"] == pytest.approx(0.25)
+    assert s["data_source"]["rel_dir"]["release"] == pytest.approx(1 / 3)
+    # a benchmark without regression rows reports the plain mean
+    assert ev.release_score(records[:4]) == pytest.approx(0.5)
+
+
+def test_temporal_keyword_rule():
+    assert ev.refers_to_time("<think>First the ball rolls, THEN it stops.</think><answer>A</answer>")
+    assert ev.refers_to_time("<think>Hmm. The red one begins on the left.</think>")
+    assert not ev.refers_to_time("<think>A map of Athens, southern part.</think>")  # whole words only
+    assert not ev.refers_to_time("<think>It is red.</think><answer>then</answer>")  # reasoning only
+    assert not ev.refers_to_time("first, then, finally")  # no <think>: no reasoning
+    s = ev.group_stats([rec(1.0, temporal=True, pid=0), rec(0.0, pid=1), rec(0.0, pid=2), rec(0.0, pid=3)])
+    assert s["temporal_share"] == pytest.approx(0.25)
+
+
+def test_gap_is_over_questions_answered_both_ways():
+    records = [rec(1.0, pid=1), rec(0.0, pid=1, shuffled=True),
+               rec(1.0, pid=2), rec(1.0, pid=2, shuffled=True),
+               rec(0.0, pid=3), rec(None, pid=3, shuffled=True, status="error")]
+    s = ev.group_stats(records)
+    assert (s["n"], s["errors"], s["pairs"]) == (3, 1, 2)
+    assert s["release"] == pytest.approx(2 / 3)  # all ordered answers
+    assert (s["ordered"], s["shuffled"], s["gap"]) == pytest.approx((1.0, 0.5, 0.5))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    world, ckpt = str(root / "world"), str(root / "ckpt")
+    data.make_demo_world(world, n_videos=8, n_images=4)  # eval_demo.json: 4 videos, 2 images
+    engine.make_tiny_checkpoint(ckpt, texts=data.demo_texts(world))
+    return world, ckpt
+
+
+def run_eval(monkeypatch, demo, out_dir, **overrides):
+    """Run eval.main() with small settings; returns the number of prompts of each generate call."""
+    world, ckpt = demo
+    calls = []
+
+    def counting_generate(*args, **kwargs):
+        out = REAL_GENERATE(*args, **kwargs)
+        calls.append(len(out["lengths"]))
+        return out
+
+    monkeypatch.setattr(engine, "generate", counting_generate)
+    settings = dict(model_path=ckpt, data_dir=world, benchmarks="demo", out_dir=str(out_dir), limit=4,
+                    max_new_tokens=6, batch_size=2, shuffle=False, log_every=1)
+    for key, value in {**settings, **overrides}.items():
+        monkeypatch.setattr(ev, key, value)
+    ev.main()
+    return calls
+
+
+def summary_of(out_dir):
+    with open(os.path.join(out_dir, "summary.json")) as f:
+        return json.load(f)["summary"]
+
+
+def test_demo_end_to_end_with_shuffled_frames(monkeypatch, demo, tmp_path):
+    seeds = []
+    real_shuffle = data.shuffle_frames
+    monkeypatch.setattr(data, "shuffle_frames",
+                        lambda frames, g, level: seeds.append(g.initial_seed()) or real_shuffle(frames, g, level))
+    calls = run_eval(monkeypatch, demo, tmp_path, shuffle=True, max_new_tokens=8)
+    rows = data.load_rows(os.path.join(demo[0], "eval_demo.json"), limit=4)
+    videos = [r["problem_id"] for r in rows if r["data_type"] == "video"]
+    assert 0 < len(videos) < 4  # the first rows mix videos and images
+    records = ev.read_records(str(tmp_path), ["demo"])
+    assert set(records) == {("demo", r["problem_id"], False) for r in rows} | {("demo", p, True) for p in videos}
+    assert sum(calls) == len(records)
+    for r in records.values():
+        assert r["status"] == "ok" and 0.0 <= r["score"] <= 1.0 and 1 <= r["gen_tokens"] <= 8
+        assert r["seconds"] > 0 and isinstance(r["output"], str) and isinstance(r["temporal"], bool)
+    assert len(set(seeds)) == len(videos)  # one seeded permutation per video row
+
+    s = summary_of(tmp_path)["demo"]
+    by_hand = [(records[("demo", p, False)]["score"], records[("demo", p, True)]["score"]) for p in videos]
+    assert s["all"]["n"] == 4 and s["all"]["pairs"] == len(videos)
+    assert s["all"]["ordered"] == pytest.approx(sum(o for o, _ in by_hand) / len(by_hand))
+    assert s["all"]["gap"] == pytest.approx(s["all"]["ordered"] - s["all"]["shuffled"])
+    assert sum(g["n"] for g in s["problem_type"].values()) == 4
+    assert sum(g["pairs"] for g in s["data_source"].values()) == len(videos)
+    table = (tmp_path / "summary.md").read_text()
+    assert "| **demo** | 4 | 0 |" in table and "gap" in table
+
+
+def test_resume_skips_finished_rows(monkeypatch, demo, tmp_path):
+    assert run_eval(monkeypatch, demo, tmp_path, limit=3) == [2, 1]
+    assert run_eval(monkeypatch, demo, tmp_path, limit=3) == []  # all done: no model call
+    # a run killed while writing: the last answer lost and half a line left behind
+    path = tmp_path / "demo.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2]) + lines[2][:25])
+    assert run_eval(monkeypatch, demo, tmp_path, limit=3) == [1]
+    assert [json.loads(l)["problem_id"] for l in path.read_text().splitlines()] == \
+           [json.loads(l)["problem_id"] for l in lines]
+    assert run_eval(monkeypatch, demo, tmp_path, limit=5) == [2]  # only the new rows
+    assert summary_of(tmp_path)["demo"]["all"]["n"] == 5
+    with pytest.raises(ValueError, match="max_frames"):  # never mix answers made with other settings
+        run_eval(monkeypatch, demo, tmp_path, max_frames=4)
+
+
+def test_broken_media_is_isolated_recorded_and_retried(monkeypatch, demo, tmp_path):
+    world, _ = demo
+    with open(os.path.join(world, "eval_demo.json")) as f:
+        rows = [r for r in json.load(f) if r["data_type"] == "video"][:3]
+    good_video = os.path.join(world, rows[0]["path"][2:])
+    rows[0]["path"] = good_video  # absolute paths are kept as they are
+    rows[1]["path"] = "./missing.mp4"
+    rows[2]["path"] = "./corrupt.mp4"
+    (tmp_path / "corrupt.mp4").write_bytes(b"this is not a video")
+    (tmp_path / "eval_broken.json").write_text(json.dumps(rows))
+    kw = dict(data_dir=str(tmp_path), benchmarks="broken", out_dir=str(tmp_path / "out"), limit=None)
+
+    assert run_eval(monkeypatch, demo, **kw) == [1]  # batch 1: good + missing; batch 2: nothing to generate
+    records = ev.read_records(kw["out_dir"], ["broken"])
+    status = {pid: (r["status"], r.get("error", "")) for (_, pid, _), r in records.items()}
+    assert status[rows[0]["problem_id"]] == ("ok", "")
+    assert status[rows[1]["problem_id"]][0] == "error" and "missing.mp4" in status[rows[1]["problem_id"]][1]
+    assert status[rows[2]["problem_id"]][0] == "error" and "corrupt.mp4" in status[rows[2]["problem_id"]][1]
+    s = summary_of(kw["out_dir"])["broken"]["all"]
+    assert (s["n"], s["errors"]) == (1, 2)
+    # errors are tried again on the next run: once the video is there, it is answered
+    shutil.copy(good_video, tmp_path / "missing.mp4")
+    assert run_eval(monkeypatch, demo, **kw) == [1]
+    s = summary_of(kw["out_dir"])["broken"]["all"]
+    assert (s["n"], s["errors"]) == (2, 1)
+
+
+class FakeAccelerator:
+    """One rank of a 2-process run, executed one after the other in this process."""
+
+    def __init__(self, rank, world):
+        self.process_index, self.num_processes, self.is_main_process = rank, world, rank == 0
+        self.device = torch.device("cpu")
+
+    def wait_for_everyone(self):
+        pass
+
+    def end_training(self):
+        pass
+
+
+def test_two_processes_give_the_same_summary_as_one(monkeypatch, demo, tmp_path):
+    # model_path may be a training out_dir: its newest complete step_* is evaluated
+    run = tmp_path / "run"
+    (run / "step_000001.tmp").mkdir(parents=True)
+    os.symlink(demo[1], run / "step_000003")
+    kw = dict(model_path=str(run), shuffle=True, batch_size=1)  # batch 1: no padding differences
+    run_eval(monkeypatch, demo, tmp_path / "one", **kw)
+    (tmp_path / "two").mkdir()
+    for rank in (1, 0):  # rank 0 last: it writes the summary from both ranks' files
+        monkeypatch.setattr(ev, "Accelerator", lambda rank=rank: FakeAccelerator(rank, 2))
+        run_eval(monkeypatch, demo, tmp_path / "two", **kw)
+    assert sorted(os.listdir(tmp_path / "two")) == ["demo.rank0.jsonl", "demo.rank1.jsonl", "settings.json",
+                                                     "summary.json", "summary.md"]
+    one, two = ev.read_records(str(tmp_path / "one"), ["demo"]), ev.read_records(str(tmp_path / "two"), ["demo"])
+    assert {k: r["output"] for k, r in one.items()} == {k: r["output"] for k, r in two.items()}
+    assert summary_of(tmp_path / "one") == summary_of(tmp_path / "two")
+    with open(tmp_path / "two" / "summary.json") as f:
+        assert json.load(f)["model"].endswith("step_000003")
