@@ -313,9 +313,13 @@ def _canvas(n):
     return np.full((n, DEMO_SIZE, DEMO_SIZE, 3), BACKGROUND, np.uint8)  # [F,H,W,3]
 
 
-def _mc(rng, answer, choices):
-    """Options in random order -> (["A. x", "B. y", ...], letter of the answer)."""
-    order = [choices[i] for i in rng.permutation(len(choices))]
+def _mc(rng, answer, choices, k):
+    """Options -> (["A. x", "B. y", ...], letter of the answer). The answer's slot rotates with the instance
+    number k (Latin-square style, so each letter and each class-letter pair is equally common: a constant
+    letter scores 1/len(choices)); the distractors are in random order."""
+    n = len(choices)
+    order = [choices[i] for i in rng.permutation(n) if choices[i] != answer]
+    order.insert((k + k // n) % n, answer)
     return [f"{'ABCD'[i]}. {c}" for i, c in enumerate(order)], "ABCD"[order.index(answer)]
 
 
@@ -347,7 +351,7 @@ def _direction(rng, k):
     # The single-frame shortcut: 3 of every 4 videos per direction stay in the half they start from.
     d = DIRECTIONS[k % 4]
     frames, colour, think = _moving_square(rng, d, stays_in_start_half=(k // 4) % 4 != 3)
-    options, letter = _mc(rng, d, DIRECTIONS)
+    options, letter = _mc(rng, d, DIRECTIONS, k)
     return frames, f"In which direction does the {colour} square move?", "multiple choice", options, letter, think
 
 
@@ -367,7 +371,7 @@ def _order(rng, k):
         cell = cells[0] if f < switch else cells[1]
         y, x = 28 * (cell // 2) + 6, 28 * (cell % 2) + 6
         frames[f, y:y + 16, x:x + 16] = COLOURS[a if f < switch else b]
-    options, letter = _mc(rng, a, list(COLOURS))
+    options, letter = _mc(rng, a, list(COLOURS), k)
     think = (f"At the start I see only a {a} square. Then it disappears and a {b} square shows up for the rest "
              f"of the video. So the {a} square appears first.")
     return frames, "Which colour of square appears first in the video?", "multiple choice", options, letter, think
@@ -382,7 +386,7 @@ def _grow(rng, k):
         s = round(s0 + (s1 - s0) * f / (DEMO_FRAMES - 1))
         frames[f, cy - s // 2:cy - s // 2 + s, cx - s // 2:cx - s // 2 + s] = COLOURS[colour]
     size = lambda s: "small" if s < 12 else "large" if s > 20 else "medium-sized"
-    options, letter = _mc(rng, change, SIZE_CHANGES)
+    options, letter = _mc(rng, change, SIZE_CHANGES, k)
     think = (f"At first the {colour} square is {size(s0)}. Then, in the last frames, it is "
              f"{'still ' if s0 == s1 else ''}{size(s1)}. So it {change}.")
     problem = f"Does the {colour} square grow, shrink, or stay the same size?"
@@ -421,7 +425,7 @@ def _one_square(rng, s, colour):
 def _colour(rng, k):
     colour = list(COLOURS)[k % 4]
     image = _one_square(rng, int(rng.integers(14, 29)), colour)
-    options, letter = _mc(rng, colour, list(COLOURS))
+    options, letter = _mc(rng, colour, list(COLOURS), k)
     think = f"The image shows one square on a dark background. Its colour is clearly {colour}: option {letter}."
     return image, "What colour is the square in the image?", "multiple choice", options, letter, think
 
