@@ -21,7 +21,7 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel, Qwen2_5_VLConfig
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel, Qwen2_5_VLConfig, StaticCache
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 # Qwen2.5's added tokens, in their real id order (151643...). The first 14 are special tokens (skipped
@@ -85,12 +85,15 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
     tokenizer = AutoTokenizer.from_pretrained(out_dir)  # ids exactly as a loader will see them
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
 
-    # 2. model: Qwen2.5-VL with toy sizes; head_dim 16, so mrope_section sums to 16 / 2 = 8
+    # 2. model: Qwen2.5-VL with toy sizes. 4 heads; M-RoPE splits head_dim / 2 frequencies over
+    # (temporal, height, width) in Qwen's 1 : 1.5 : 1.5 ratio ([16, 24, 24] at head_dim 128, [2, 3, 3] at 16)
+    half = hidden_size // 4 // 2
+    mrope_section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
     config = Qwen2_5_VLConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                          num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=32768, rms_norm_eps=1e-6,
-                         rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=[2, 3, 3]),
+                         rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=mrope_section),
                          bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                          pad_token_id=ids["<|endoftext|>"]),
         vision_config=dict(depth=vision_depth, hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size,
@@ -160,7 +163,7 @@ def rope_positions(input_ids, attention_mask, visuals, config):
             positions[:, b, mask] = torch.arange(len(ids))
             continue
         t, h, w = visual["grid_thw"].tolist()
-        t, h, w = t, h // merge, w // merge  # in merged-token units
+        h, w = h // merge, w // merge  # in merged-token units
         where = is_vis.nonzero().flatten()  # [t*h*w]
         start = int(where[0]) if len(where) else 0
         if len(where) != t * h * w or int(where[-1]) != start + t * h * w - 1 or \
@@ -255,10 +258,11 @@ def micro_batches(prompt_index, micro_batch_size):
     >>> micro_batches(torch.tensor([0, 0, 0, 1, 1, 2]), 4)
     [tensor([0, 1, 2]), tensor([3, 4, 5])]
     """
-    R = len(prompt_index)
+    index = prompt_index.tolist()
+    R = len(index)
     if micro_batch_size is None or micro_batch_size >= R:
         return [torch.arange(R)]
-    starts = [0] + [r for r in range(1, R) if prompt_index[r] != prompt_index[r - 1]] + [R]  # group bounds
+    starts = [0] + [r for r in range(1, R) if index[r] != index[r - 1]] + [R]  # group bounds
     chunks, begin, end = [], 0, 0
     for group_end in starts[1:]:
         if group_end - begin > micro_batch_size:  # this group does not fit: close the chunk
@@ -296,7 +300,7 @@ def token_logprobs(model, batch, prompt_index, completion_ids, lengths, temperat
     R, T = completion_ids.shape
     outs = []
     for rows in micro_batches(prompt_index, micro_batch_size):
-        used, local_index = torch.unique(prompt_index[rows], return_inverse=True)  # prompts of this chunk
+        used, local_index = torch.unique(prompt_index.cpu()[rows], return_inverse=True)  # prompts of this chunk
         mask = batch["attention_mask"][used]  # [p, Lp]
         first = int(mask.any(0).long().argmax())  # leading columns that are padding in every prompt
         Tc = max(1, int(lengths[rows].max()))
@@ -356,10 +360,14 @@ def generate(model, batch, n, max_new_tokens, temperature=1.0, top_p=1.0, genera
             positions = rope_positions(input_ids, mask, batch["visuals"], model.config)  # [3, P, L]
             out = lm(inputs_embeds=embed_prompts(model, input_ids, batch["visuals"]), attention_mask=mask,
                      position_ids=positions, use_cache=True)
-            cache = out.past_key_values
-            cache.batch_select_indices(prompt_index)  # each prompt's cache copied into its n rows
+            L = input_ids.shape[1]
+            # each prompt's cache copied into its n rows, in a cache preallocated for the whole rollout
+            # (a growing cache would copy all keys and values at every step)
+            cache = StaticCache(config=model.config, max_cache_len=L + max_new_tokens)
+            for layer, prefilled in zip(cache.layers, out.past_key_values.layers):
+                layer.update(prefilled.keys[prompt_index], prefilled.values[prompt_index])  # [R, H, L, d]
             logits = model.lm_head(out.last_hidden_state[prompt_index, -1])  # [R, V]
-            mask = mask[prompt_index]  # [R, L]
+            mask = F.pad(mask[prompt_index], (0, max_new_tokens), value=1)  # [R, L+max_new_tokens]
             next_pos = continue_positions(positions, max_new_tokens)[:, prompt_index]  # [3, R, max_new_tokens]
             R = len(prompt_index)
             finished = torch.zeros(R, dtype=torch.bool, device=device)  # [R]
@@ -373,8 +381,8 @@ def generate(model, batch, n, max_new_tokens, temperature=1.0, top_p=1.0, genera
                 finished |= stopped
                 if finished.all() or step == max_new_tokens - 1:
                     break
-                mask = torch.cat([mask, mask.new_ones(R, 1)], dim=1)  # [R, L+step+1]
-                out = lm(inputs_embeds=embed(token[:, None]), attention_mask=mask,
+                # the mask covers the tokens so far; HF pads it with zeros over the cache's empty slots
+                out = lm(inputs_embeds=embed(token[:, None]), attention_mask=mask[:, :L + step + 1],
                          position_ids=next_pos[:, :, step:step + 1], past_key_values=cache, use_cache=True)
                 logits = model.lm_head(out.last_hidden_state[:, -1])  # [R, V]
     finally:
