@@ -1,0 +1,258 @@
+"""
+SFT cold start (Video-R1 stage 1): next-token cross-entropy on chain-of-thought answers, so the
+model starts RL already writing <think>...</think><answer>...</answer>.
+
+CPU demo (tiny random checkpoint on the synthetic demo world, a few minutes):
+    python sft.py
+Paper run, Qwen2.5-VL-7B-Instruct on Video-R1-COT-165k, 8 GPUs:
+    accelerate launch --config_file config/accelerate_zero2.yaml sft.py config/sft_7b.py
+
+Labels are the assistant answer only (process + "\\n" + solution + <|im_end|>): the system text,
+the question and every vision pad token are masked. The loss is the mean over all target tokens
+of the step. Each sample's video is encoded once. Rows are batched by length so that padding does
+not dominate, and the batch order is a pure function of (seed, step): an exact resume.
+"""
+import contextlib
+import math
+import os
+import time
+
+import torch
+
+# model and data
+model_path = "demo/tiny-qwen2.5-vl"     # Qwen/Qwen2.5-VL-7B-Instruct (downloaded) for the paper run
+data_dir = "demo/world"
+train_file = "cot.json"                 # Video-R1-COT-165k.json
+data_types = None                       # ["video"] to train on videos only
+out_dir = "out/sft_demo"
+val_rows = 32                           # held out from the train file for the validation loss
+# vision (SPEC 1.3; the demo world uses tiny frames)
+max_frames = 8                          # 16 in the paper
+fps = 2.0
+video_min_pixels = 56 * 56              # paper: 128*28*28
+video_max_pixels = 56 * 56
+image_min_pixels = 4 * 28 * 28
+image_max_pixels = 56 * 56              # paper: 256*28*28
+question_template = "train"
+max_length = 4096                       # longer samples are skipped and counted, never truncated
+train_prompt_tokens = False             # True: also train the question text (the release, roughly)
+# optimisation
+num_epochs = 10                         # paper: 1 (165k rows); the demo world is small
+batch_size = 8                          # samples per rank per step
+micro_batch_size = 8                    # samples per forward/backward
+lr = 3e-3                               # paper: 1e-6; a random tiny model needs much more
+weight_decay = 0.01
+adam_betas = (0.9, 0.999)
+adam_eps = 1e-8
+warmup_steps = 20
+grad_clip = 5.0
+gradient_checkpointing = True           # on GPU; ignored on CPU
+seed = 42
+# logging and checkpoints
+log_with = None
+eval_every = 52                         # validation loss every N steps (and at the end)
+n_samples = 8                           # greedy answers on held-out rows at the end
+sample_tokens = 256
+save_every = 500
+keep_last = 2
+resume = False
+
+from configurator import configure
+
+config = configure(globals(), None if __name__ == "__main__" else [])  # tests import the defaults
+
+from accelerate import Accelerator
+
+import data
+import model as engine
+from checkpoint import MetricsLog, load_checkpoint, resolve_model_path, resolve_resume, save_checkpoint
+from demo import ensure_demo_assets
+from rewards import accuracy_reward, format_reward
+
+
+def split_rows(rows):
+    """(train, val): a seeded random `val_rows` of the file are held out."""
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [rows[i] for i in order[val_rows:]], [rows[i] for i in order[:val_rows]]
+
+
+def length_batches(lengths, batch, epoch):
+    """Global batches of row indices for one epoch: shuffle, sort by length inside windows of 16
+    batches (so neighbours have similar lengths), cut into batches, shuffle the batch order.
+    The last incomplete batch is dropped so every rank always has the same number of rows.
+    >>> length_batches([5, 1, 9, 3], 2, 0)   # doctest: +SKIP
+    [[1, 3], [0, 2]]
+    """
+    gen = torch.Generator().manual_seed(seed + epoch)
+    order = torch.randperm(len(lengths), generator=gen).tolist()
+    window = 16 * batch
+    order = [i for w in range(0, len(order), window)
+             for i in sorted(order[w:w + window], key=lambda i: lengths[i])]
+    batches = [order[i:i + batch] for i in range(0, len(order) - batch + 1, batch)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+def encode_row(row, tokenizer):
+    """One sample -> (prompt text, visual, target ids), or None when longer than max_length.
+    With train_prompt_tokens the question text after the vision block moves into the target."""
+    frames, spt = data.load_frames(row, max_frames, fps, video_min_pixels, video_max_pixels,
+                                   image_min_pixels, image_max_pixels)
+    visual = data.make_visual(frames, spt)
+    prompt, target = data.prompt_text(row, template=question_template), data.sft_target(row) + "<|im_end|>"
+    if train_prompt_tokens:
+        head, sep, tail = prompt.partition("<|vision_end|>")
+        prompt, target = head + sep, tail + target
+    target_ids = tokenizer(target, add_special_tokens=False).input_ids
+    n = len(tokenizer(prompt).input_ids) - 1 + int(visual["grid_thw"].prod()) // data.MERGE_SIZE ** 2
+    return None if n + len(target_ids) > max_length else (prompt, visual, target_ids)
+
+
+def collate_targets(samples, tokenizer, device):
+    """Encoded samples -> (prompt batch, target ids [B, T], target lengths [B]) for token_logprobs."""
+    batch = data.collate([s[0] for s in samples], [s[1] for s in samples], tokenizer)
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    T = max(len(s[2]) for s in samples)
+    ids = torch.full((len(samples), T), tokenizer.pad_token_id, dtype=torch.long)  # [B, T]
+    for i, s in enumerate(samples):
+        ids[i, :len(s[2])] = torch.tensor(s[2])
+    lengths = torch.tensor([len(s[2]) for s in samples])                        # [B]
+    return batch, ids.to(device), lengths.to(device)
+
+
+def target_nll(policy, encoded):
+    """Summed negative log-likelihood of the targets of one collated micro-batch."""
+    batch, ids, lengths = encoded
+    B, T = ids.shape
+    logp = engine.token_logprobs(policy, batch, torch.arange(B, device=ids.device), ids, lengths)
+    mask = torch.arange(T, device=ids.device)[None, :] < lengths[:, None]  # [B, T]
+    return -(logp * mask).sum()
+
+
+def main():
+    accelerator = Accelerator(log_with=log_with, step_scheduler_with_optimizer=False)
+    rank, world, master, device = (accelerator.process_index, accelerator.num_processes,
+                                   accelerator.is_main_process, accelerator.device)
+    torch.manual_seed(seed + rank)
+    if master:
+        print("config:", config)
+        ensure_demo_assets(data_dir, model_path)
+    accelerator.wait_for_everyone()
+
+    hf, tokenizer = engine.load_model(resolve_model_path(model_path), device=device)
+    if gradient_checkpointing and device.type == "cuda":
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    rows = data.load_rows(os.path.join(data_dir, train_file), data_types=data_types, require_process=True)
+    train, val = split_rows(rows)
+    # length-aware batching by a cheap proxy: modality first, then characters of question + answer
+    lengths = [(r["data_type"], len(r["problem"]) + len(r.get("process", ""))) for r in train]
+    skipped = 0
+    steps_per_epoch = len(train) // (batch_size * world)
+    max_steps = num_epochs * steps_per_epoch
+    if max_steps == 0:
+        raise ValueError(f"{len(train)} training rows are fewer than one global batch of {batch_size * world}")
+
+    policy = engine.VisionOnceLM(hf)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, betas=adam_betas, eps=adam_eps,
+                                  weight_decay=weight_decay)
+    warm = lambda u: (u + 1) / warmup_steps if u < warmup_steps else \
+        0.5 * (1 + math.cos(math.pi * min(1.0, (u - warmup_steps) / max(1, max_steps - warmup_steps))))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warm)
+    policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
+
+    start_step, skipped_updates = 0, 0
+    resume_path = resolve_resume(resume, out_dir)
+    if resume_path:
+        state = load_checkpoint(accelerator, resume_path)
+        start_step, skipped_updates, skipped = state["step"], state["skipped_updates"], state["skipped_samples"]
+    if log_with:
+        accelerator.init_trackers("sft", config=config)
+    metrics_log = MetricsLog(accelerator, out_dir, resume_step=start_step)
+    if master:
+        print(f"{len(train)} train rows, {len(val)} held out, "
+              f"{max_steps} steps of {batch_size} x {world} samples")
+
+    def validate():
+        policy.eval()
+        nll, count = torch.zeros((), device=device), torch.zeros((), device=device)
+        with torch.no_grad():
+            for i in range(rank * micro_batch_size, len(val), world * micro_batch_size):
+                samples = [e for r in val[i:i + micro_batch_size] if (e := encode_row(r, tokenizer))]
+                encoded = collate_targets(samples, tokenizer, device)
+                nll, count = nll + target_nll(policy, encoded), count + encoded[2].sum()
+        policy.train()
+        return (accelerator.reduce(nll, "sum") / accelerator.reduce(count, "sum").clamp(min=1)).item()
+
+    for step in range(start_step, max_steps):
+        t0 = time.time()
+        epoch, j = divmod(step, steps_per_epoch)
+        step_rows = [train[i] for i in length_batches(lengths, batch_size * world, epoch)[j][rank::world]]
+        # a sample longer than max_length is skipped, counted, and replaced by a random one that fits
+        gen = torch.Generator().manual_seed(seed + 1_000_003 * step + 7_919 * rank)
+        samples = []
+        for row in step_rows:
+            while (e := encode_row(row, tokenizer)) is None:
+                skipped += 1
+                row = train[torch.randint(len(train), (1,), generator=gen).item()]
+            samples.append(e)
+        chunks = [collate_targets(samples[i:i + micro_batch_size], tokenizer, device)
+                  for i in range(0, len(samples), micro_batch_size)]
+        n_tokens = sum(c[2].sum().item() for c in chunks)  # the loss is the mean over the step's target tokens
+        total_nll = 0.0
+        for k, encoded in enumerate(chunks):
+            sync = contextlib.nullcontext() if k == len(chunks) - 1 else accelerator.no_sync(policy)
+            with sync, accelerator.autocast():
+                nll = target_nll(policy, encoded)
+                accelerator.backward(nll / n_tokens)
+            total_nll += nll.item()
+        grad_norm = float(accelerator.clip_grad_norm_(policy.parameters(), grad_clip))
+        if math.isfinite(grad_norm):
+            optimizer.step()
+        else:
+            skipped_updates += 1  # a non-finite loss or gradient skips the update
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        loss = accelerator.reduce(torch.tensor(total_nll / n_tokens, device=device), "mean").item()
+        metrics = {"step": step + 1, "epoch": epoch, "loss": loss, "lr": scheduler.get_last_lr()[0],
+                   "grad_norm": grad_norm, "tokens": n_tokens * world, "skipped_samples": skipped,
+                   "skipped_updates": skipped_updates,
+                   "t_step": time.time() - t0}
+        if eval_every and ((step + 1) % eval_every == 0 or step + 1 == max_steps):
+            metrics["val_loss"] = validate()
+        metrics_log.log(metrics)
+        if master:
+            val_text = f" | val {metrics['val_loss']:.4f}" if "val_loss" in metrics else ""
+            print(f"step {step + 1:5d}/{max_steps} | loss {loss:.4f}{val_text} | lr {metrics['lr']:.2e} "
+                  f"| grad {grad_norm:.2f} | {metrics['t_step']:.2f}s")
+        if (step + 1) % save_every == 0 or step + 1 == max_steps:
+            save_checkpoint(accelerator, policy, tokenizer, out_dir, step + 1,
+                            {"skipped_updates": skipped_updates, "skipped_samples": skipped,
+                             "config": config}, keep_last=keep_last)
+
+    if master and n_samples:
+        show_samples(accelerator.unwrap_model(policy).hf, tokenizer, val[:n_samples], device, metrics_log)
+    accelerator.end_training()
+
+
+def show_samples(hf, tokenizer, rows, device, metrics_log):
+    """Greedy answers on held-out rows with their format and accuracy rewards."""
+    prompts = [data.prompt_text(r, question_template) for r in rows]
+    visuals = [data.make_visual(*data.load_frames(r, max_frames, fps, video_min_pixels, video_max_pixels,
+                                                  image_min_pixels, image_max_pixels)) for r in rows]
+    batch = data.collate(prompts, visuals, tokenizer)
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    out = engine.generate(hf, batch, 1, sample_tokens, temperature=0.0,
+                          stop_ids=engine.stop_token_ids(tokenizer))
+    texts = tokenizer.batch_decode(out["completion_ids"], skip_special_tokens=True)
+    fmt = [format_reward(t) for t in texts]
+    acc = [accuracy_reward(t, r["solution"], r["problem_type"]) for t, r in zip(texts, rows)]
+    with open(os.path.join(out_dir, "samples.txt"), "w") as f:
+        for r, t, a, m in zip(rows, texts, acc, fmt):
+            f.write(f"=== {r['problem']} | truth {r['solution']} | format {m} accuracy {a:.2f}\n{t}\n")
+    print(f"held-out greedy samples: format {sum(fmt) / len(fmt):.2f}, accuracy {sum(acc) / len(acc):.2f} "
+          f"(see {out_dir}/samples.txt)\n--- example ---\n{texts[0]}")
+    metrics_log.log({"heldout_format": sum(fmt) / len(fmt), "heldout_accuracy": sum(acc) / len(acc)})
+
+
+if __name__ == "__main__":
+    main()

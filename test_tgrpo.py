@@ -1,0 +1,124 @@
+"""Tests of the T-GRPO math (hand-made tensors) and of the trainer end to end on the demo."""
+import math
+
+import pytest
+import torch
+
+import tgrpo
+from tgrpo import group_advantages, policy_loss
+
+
+def test_group_advantages_by_hand():
+    # group 1: rewards 2, 0 -> mean 1, unbiased std sqrt(2); group 2: all equal -> zeros
+    adv = group_advantages(torch.tensor([[2.0, 0.0], [1.5, 1.5]]))
+    s = math.sqrt(2.0)
+    assert torch.allclose(adv, torch.tensor([[1 / (s + 1e-4), -1 / (s + 1e-4)], [0.0, 0.0]]))
+
+
+def test_group_advantages_are_per_group_not_per_batch():
+    # The release normalises over what is on the GPU; with several prompts per batch that mixes
+    # groups. Here each prompt's advantages depend only on its own group.
+    a = torch.tensor([[3.0, 1.0, 2.0, 2.0]])
+    b = torch.tensor([[0.0, 0.0, 0.1, 0.0]])
+    together = group_advantages(torch.cat([a, b]))
+    assert torch.allclose(together[0], group_advantages(a)[0])
+    assert torch.allclose(together[1], group_advantages(b)[0])
+    # a batch-level normalisation would differ: catch a regression to it
+    batch_level = (torch.cat([a, b]) - torch.cat([a, b]).mean()) / (torch.cat([a, b]).std() + 1e-4)
+    assert not torch.allclose(together, batch_level)
+
+
+def scalar_loss(logp, old, ref, adv, mask, eps, beta, agg):
+    """Independent scalar re-statement of SPEC 3, written with math on Python floats."""
+    per_seq, all_tok = [], []
+    for i in range(len(logp)):
+        toks = []
+        for t in range(len(logp[i])):
+            if not mask[i][t]:
+                continue
+            r = math.exp(logp[i][t] - old[i][t])
+            surr = min(r * adv[i], min(max(r, 1 - eps), 1 + eps) * adv[i])
+            x = min(max(ref[i][t] - logp[i][t], -10), 10)
+            toks.append(-(surr - beta * (math.exp(x) - x - 1)))
+        per_seq.append(sum(toks) / len(toks))
+        all_tok += toks
+    return sum(per_seq) / len(per_seq) if agg == "seq-mean" else sum(all_tok) / len(all_tok)
+
+
+LOGP = [[-1.0, -2.0, -0.5], [-0.3, -0.7, -9.0]]
+OLD = [[-1.1, -2.0, -0.1], [-0.3, -0.9, -1.0]]   # ratios e^0.1, 1, e^-0.4 | 1, e^0.2
+REF = [[-1.0, -1.5, -0.5], [-0.5, -0.7, -2.0]]
+ADV = [1.0, -2.0]
+MASK = [[1, 1, 1], [1, 1, 0]]                    # the last token of row 2 is past its end
+
+
+@pytest.mark.parametrize("agg", ["seq-mean", "token-mean"])
+def test_policy_loss_matches_hand_computation(agg):
+    t = lambda x: torch.tensor(x, dtype=torch.float64)
+    loss, stats = policy_loss(t(LOGP), t(OLD), t(REF), t(ADV), t(MASK), eps=0.2, beta=0.04, loss_agg=agg)
+    assert loss.item() == pytest.approx(scalar_loss(LOGP, OLD, REF, ADV, MASK, 0.2, 0.04, agg), abs=1e-12)
+    # ratios e^-0.4 (row 1) and e^0.2 = 1.2214 (row 2) are outside [0.8, 1.2]: 2 of 5 tokens
+    assert stats["clip_frac"] == pytest.approx(2 / 5)
+
+
+def test_policy_loss_literal_values():
+    # ratio 1, A = 1, no KL: loss -1. One token with ratio e^1 and A = 1 is clipped at 1.2.
+    one = torch.zeros(1, 1)
+    loss, _ = policy_loss(one, one, one, torch.ones(1), torch.ones(1, 1), eps=0.2, beta=0.04)
+    assert loss.item() == pytest.approx(-1.0)
+    loss, _ = policy_loss(one, one - 1, None, torch.ones(1), torch.ones(1, 1), eps=0.2, beta=0.0)
+    assert loss.item() == pytest.approx(-1.2)
+    # negative advantage: min picks the unclipped, larger penalty e^1 * -1
+    loss, _ = policy_loss(one, one - 1, None, -torch.ones(1), torch.ones(1, 1), eps=0.2, beta=0.0)
+    assert loss.item() == pytest.approx(math.e)
+
+
+def test_kl_zero_when_policy_equals_reference_and_gradient_is_advantage():
+    logp = torch.tensor([[-0.5, -1.5, -2.0]], requires_grad=True)
+    mask = torch.ones(1, 3)
+    loss, stats = policy_loss(logp, logp.detach(), logp.detach(), torch.tensor([0.7]), mask)
+    assert stats["kl"] == 0.0
+    loss.backward()
+    # with ratio == 1 and zero KL, d loss / d logp_t = -A / T for each token (seq-mean)
+    assert torch.allclose(logp.grad, torch.full((1, 3), -0.7 / 3))
+
+
+def test_clip_engages_on_second_iteration():
+    # num_iterations = 2: after one update the policy moved away from logp_old; tokens whose ratio
+    # leaves [1-eps, 1+eps] in the advantage's direction get zero gradient.
+    logp_old = torch.tensor([[-1.0, -1.0]])
+    logp = torch.tensor([[-0.5, -0.95]], requires_grad=True)   # ratios e^0.5 (clipped), e^0.05
+    loss, stats = policy_loss(logp, logp_old, None, torch.tensor([1.0]), torch.ones(1, 2), eps=0.2, beta=0.0)
+    loss.backward()
+    assert stats["clip_frac"] == pytest.approx(0.5)
+    assert logp.grad[0, 0].item() == 0.0
+    assert logp.grad[0, 1].item() == pytest.approx(-math.exp(0.05) / 2)
+
+
+def test_score_group_temporal_bonus_per_group(monkeypatch):
+    monkeypatch.setattr(tgrpo, "omega", 0.0)
+    sol = "<answer>B</answer>"
+    right = "<think>it moves to the right</think><answer>B</answer>"
+    wrong = "<think>hmm</think><answer>A</answer>"
+    # ordered 3/4 correct, shuffled 1/2 correct: p = 0.75 >= p~ = 0.5 -> bonus on correct answers
+    s = tgrpo.score_group([right, right, right, wrong], sol, "multiple choice", [10] * 4, [right, wrong])
+    assert s["p_ordered"] == 0.75 and s["p_shuffled"] == 0.5
+    assert s["temporal"] == [0.3, 0.3, 0.3, 0.0]
+    assert s["total"] == [2.3, 2.3, 2.3, 1.0]
+    # ordered worse than shuffled: no bonus
+    s = tgrpo.score_group([right, wrong, wrong, wrong], sol, "multiple choice", [10] * 4, [right, right])
+    assert s["temporal"] == [0.0] * 4
+    # an image (no shuffled answers): no bonus and no p
+    s = tgrpo.score_group([right, wrong], sol, "multiple choice", [10, 10], None)
+    assert s["temporal"] == [0.0, 0.0] and s["p_ordered"] is None
+
+
+def test_step_rows_split_ranks_and_epochs(monkeypatch):
+    monkeypatch.setattr(tgrpo, "prompts_per_rank", 2)
+    rows = list(range(10))
+    r0 = [tgrpo.step_rows(rows, s, 2, 0) for s in range(5)]
+    r1 = [tgrpo.step_rows(rows, s, 2, 1) for s in range(5)]
+    epoch0 = sorted([x for s in range(0, 2) for x in r0[s] + r1[s]] + r0[2][:1] + r1[2][:1])
+    assert epoch0 == sorted(rows)                # every row once per epoch, across both ranks
+    assert all(set(a).isdisjoint(b) for a, b in zip(r0[:2], r1[:2]))
+    assert tgrpo.step_rows(rows, 3, 2, 1) == r1[3]  # a pure function of step: resume-safe

@@ -1,0 +1,414 @@
+"""
+T-GRPO: Temporal Group Relative Policy Optimization (Video-R1, Feng et al. 2025, arXiv 2503.21776).
+
+GRPO samples a group of answers per question and pushes up the better-than-average ones. T-GRPO adds
+one question to the reward: did the model need the frame order? For each video it also samples
+answers from the same frames in a shuffled order; if the ordered answers are correct at least as
+often as the shuffled ones (p >= mu * p~), every correct ordered answer earns a bonus alpha.
+
+CPU demo (tiny model on the synthetic demo world; run `python sft.py` first):
+    python tgrpo.py
+Paper run, Qwen2.5-VL-7B after the SFT cold start, 8 GPUs:
+    accelerate launch --config_file config/accelerate_zero2.yaml tgrpo.py config/tgrpo_7b.py
+Ablations: config/tgrpo_grpo.py (temporal off), config/tgrpo_zero.py (no SFT),
+config/tgrpo_noimage.py (video rows only), config/tgrpo_release.py (the authors' release).
+
+Per step and rank: take `prompts_per_rank` rows; sample G ordered completions (+ G_shuffled
+shuffled ones for videos); score them; per prompt group compute p, p~, the temporal and length
+bonuses and the advantages; then num_iterations updates of the clipped surrogate with a k3 KL
+penalty to the frozen starting model. Simplifications, on purpose: rollouts come from our own
+KV-cache engine in model.py (no vLLM); the reference model is a full copy on every GPU.
+"""
+import contextlib
+import math
+import os
+import time
+
+import torch
+
+# model and data
+model_path = "out/sft_demo"            # HF checkpoint, or a training out_dir (its newest step_*)
+data_dir = "demo/world"                 # dataset root: media paths in the json are relative to it
+train_file = "rl.json"                  # Video-R1-260k.json for the paper run
+data_types = None                       # ["video"]: the paper's "no image data" ablation
+out_dir = "out/tgrpo_demo"
+# vision (SPEC 1.3; the demo world uses tiny frames)
+max_frames = 8                          # 16 in the paper
+fps = 2.0
+video_min_pixels = 56 * 56              # paper: 128*28*28 min and max per frame
+video_max_pixels = 56 * 56
+image_min_pixels = 4 * 28 * 28
+image_max_pixels = 56 * 56              # paper: 256*28*28
+shuffle_level = "frame"                 # "frame" (release) or "patch" (whole 2-frame patches)
+question_template = "train"
+max_prompt_length = 4096                # longer prompts are skipped, counted and replaced, never truncated
+# T-GRPO (SPEC 2, 3)
+G = 8                                   # ordered completions per prompt
+G_shuffled = 4                          # shuffled-frame completions per video prompt
+temporal = True                         # False: plain GRPO
+alpha = 0.3                             # temporal bonus
+mu = 1.0                                # p >= mu * p~ (release: 0.8)
+temporal_share = "correct"              # "correct": share of correct answers; "mean": release's mean accuracy
+correct_threshold = 0.1                 # accuracy above this counts as correct for the bonuses
+omega = 0.2                             # length bonus
+l_min = 320                             # length bonus window, in tokens incl. the stop token
+l_max = 512
+length_min_correct = 1                  # release: 2 correct answers needed in the group
+beta = 0.04                             # KL penalty (k3) to the reference model; 0 skips the reference
+eps = 0.2                               # PPO clip range
+num_iterations = 1                      # policy updates per batch of rollouts (1: ratio == 1)
+loss_agg = "seq-mean"                   # "seq-mean" (paper, release) or "token-mean"
+temperature = 1.0
+top_p = 0.95
+max_new_tokens = 768
+# optimisation
+max_steps = 1000
+prompts_per_rank = 1                    # the release: exactly 1
+micro_batch_size = 8                    # completions per forward/backward
+lr = 1e-6
+weight_decay = 0.01
+adam_betas = (0.9, 0.999)
+adam_eps = 1e-8
+warmup_steps = 0
+grad_clip = 5.0
+gradient_checkpointing = True           # on GPU; ignored on CPU
+seed = 42
+# logging and checkpoints
+log_with = None                         # "wandb", "tensorboard", or a list of them
+sample_every = 50                       # dump prompts and completions to out_dir/samples.txt
+save_every = 100
+keep_last = 2
+resume = False                          # True/"latest": newest checkpoint in out_dir; or a path
+
+from configurator import configure
+
+config = configure(globals(), None if __name__ == "__main__" else [])  # tests import the defaults
+
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+
+import data
+import model as engine
+from demo import ensure_demo_assets
+from checkpoint import MetricsLog, load_checkpoint, resolve_model_path, resolve_resume, save_checkpoint
+from rewards import accuracy_reward, format_reward, group_share, length_bonus, temporal_bonus
+
+
+def group_advantages(rewards):
+    """GRPO advantages within each group: (R - mean) / (std + 1e-4), std unbiased like torch.std.
+
+    rewards [N, G] -> [N, G]. A group whose rewards are all equal gets zeros.
+    >>> group_advantages(torch.tensor([[1.0, 0.0], [2.0, 2.0]]))
+    tensor([[ 0.7070, -0.7070],
+            [ 0.0000,  0.0000]])
+    """
+    mean = rewards.mean(dim=1, keepdim=True)  # [N, 1]
+    std = rewards.std(dim=1, keepdim=True)    # [N, 1]
+    return (rewards - mean) / (std + 1e-4)   # [N, G]
+
+
+def masked_mean(x, mask, dim=None):
+    """Mean of x where mask is 1."""
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def policy_loss(logp, logp_old, logp_ref, advantages, mask, eps=0.2, beta=0.04, loss_agg="seq-mean"):
+    """The T-GRPO objective (SPEC 3) over a set of completions; returns (loss, stats).
+
+    logp, logp_old, logp_ref, mask: [R, T]; advantages: [R]; logp_ref None when beta == 0.
+    Per token: -(min(ratio*A, clip(ratio, 1-eps, 1+eps)*A) - beta*k3), k3 = e^x - x - 1 with
+    x = logp_ref - logp. "seq-mean": mean over each completion's tokens, then over completions;
+    "token-mean": all tokens weigh the same.
+    Example: one token, logp = logp_old, A = 1, no KL: loss = -1.
+    """
+    mask = mask.to(logp.dtype)
+    ratio = torch.exp(logp - logp_old)                           # [R, T]
+    A = advantages[:, None]                                      # [R, 1]
+    surr = torch.min(ratio * A, torch.clamp(ratio, 1 - eps, 1 + eps) * A)  # [R, T]
+    if logp_ref is not None:
+        x = torch.clamp(logp_ref - logp, -10, 10)
+        kl = torch.exp(x) - x - 1                                # [R, T], >= 0
+    else:
+        kl = torch.zeros_like(logp)
+    per_token = -(surr - beta * kl)                              # [R, T]
+    if loss_agg == "seq-mean":
+        loss = masked_mean(per_token, mask, dim=1).mean()
+    elif loss_agg == "token-mean":
+        loss = masked_mean(per_token, mask)
+    else:
+        raise ValueError(f"loss_agg must be 'seq-mean' or 'token-mean', got {loss_agg!r}")
+    clipped = ((ratio - 1).abs() > eps).to(mask.dtype)
+    stats = {"kl": masked_mean(kl, mask).item(), "clip_frac": masked_mean(clipped, mask).item()}
+    return loss, stats
+
+
+def score_group(completions, solution, problem_type, lengths, shuffled_completions=None):
+    """Rewards of one prompt group (SPEC 2): returns per-completion parts and group statistics.
+
+    completions: G decoded ordered answers; lengths: their token counts incl. the stop token;
+    shuffled_completions: the G~ answers to the shuffled video (None: image or temporal off).
+    """
+    acc = [accuracy_reward(c, solution, problem_type) for c in completions]
+    fmt = [format_reward(c) for c in completions]
+    if shuffled_completions:
+        acc_shuffled = [accuracy_reward(c, solution, problem_type) for c in shuffled_completions]
+        tb = temporal_bonus(acc, acc_shuffled, alpha=alpha, mu=mu, threshold=correct_threshold,
+                            share=temporal_share)
+        p = group_share(acc, correct_threshold, temporal_share)
+        p_shuffled = group_share(acc_shuffled, correct_threshold, temporal_share)
+    else:
+        tb, p, p_shuffled = [0.0] * len(acc), None, None
+    lb = length_bonus(acc, lengths, omega=omega, l_min=l_min, l_max=l_max,
+                      threshold=correct_threshold, min_correct=length_min_correct)
+    total = [a + f + t + l for a, f, t, l in zip(acc, fmt, tb, lb)]
+    return {"accuracy": acc, "format": fmt, "temporal": tb, "length": lb, "total": total,
+            "p_ordered": p, "p_shuffled": p_shuffled}
+
+
+@contextlib.contextmanager
+def full_weights(accelerator, policy):
+    """Gather sharded weights once for the whole rollout, so sampling is not a collective per token."""
+    if (accelerator.distributed_type == DistributedType.DEEPSPEED
+            and accelerator.state.deepspeed_plugin.zero_stage == 3):
+        import deepspeed
+        with deepspeed.zero.GatheredParameters(list(policy.parameters())):
+            yield
+    elif accelerator.distributed_type == DistributedType.FSDP:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        with FSDP.summon_full_params(policy, writeback=False, recurse=True):
+            yield
+    else:
+        yield
+
+
+def lr_lambda(update):
+    """Linear warmup, then cosine decay to 0 over all optimizer updates."""
+    total = max_steps * num_iterations
+    if update < warmup_steps:
+        return (update + 1) / warmup_steps
+    progress = (update - warmup_steps) / max(1, total - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def step_rows(rows, step, world_size, rank):
+    """The rows this rank trains on at `step`: a fresh seeded permutation each epoch, rank r taking
+    every world_size-th prompt of the step's global batch. Pure function of step: exact resume."""
+    per_step = prompts_per_rank * world_size
+    out = []
+    for i in range(step * per_step + rank, (step + 1) * per_step, world_size):
+        epoch, pos = divmod(i, len(rows))
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed + epoch))
+        out.append(rows[order[pos].item()])
+    return out
+
+
+def main():
+    # the schedule counts optimizer updates, not per-process batches
+    accelerator = Accelerator(log_with=log_with, step_scheduler_with_optimizer=False)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    master = accelerator.is_main_process
+    device = accelerator.device
+    torch.manual_seed(seed + rank)
+    if master:
+        print("config:", config)
+        ensure_demo_assets(data_dir, model_path)
+    accelerator.wait_for_everyone()
+
+    # load: policy in fp32 (accelerate's bf16 autocast / DeepSpeed keep fp32 master weights, which
+    # lr 1e-6 needs), reference in the compute dtype, frozen
+    path = resolve_model_path(model_path)
+    hf, tokenizer = engine.load_model(path, device=device)
+    on_gpu = device.type == "cuda"
+    if gradient_checkpointing and on_gpu:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    ref = None
+    if beta > 0:
+        ref_dtype = torch.bfloat16 if on_gpu and accelerator.mixed_precision == "bf16" else torch.float32
+        ref, _ = engine.load_model(path, dtype=ref_dtype, device=device)
+        ref.requires_grad_(False).eval()
+    policy = engine.VisionOnceLM(hf)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, betas=adam_betas, eps=adam_eps,
+                                  weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
+
+    rows = data.load_rows(os.path.join(data_dir, train_file), data_types=data_types)
+    stop_ids = engine.stop_token_ids(tokenizer)
+    start_step, skipped_prompts, skipped_updates = 0, 0, 0
+    resume_path = resolve_resume(resume, out_dir)
+    if resume_path:
+        state = load_checkpoint(accelerator, resume_path)
+        start_step, skipped_prompts = state["step"], state["skipped_prompts"]
+        skipped_updates = state["skipped_updates"]
+        if master:
+            print(f"resumed from {resume_path} at step {start_step}")
+    if log_with:
+        accelerator.init_trackers("tgrpo", config=config)
+    metrics_log = MetricsLog(accelerator, out_dir, resume_step=start_step)
+    if master:
+        print(f"{len(rows)} rows, {world} process(es), {prompts_per_rank} prompt(s) per rank per step")
+
+    for step in range(start_step, max_steps):
+        t0 = time.time()
+        batch_rows = step_rows(rows, step, world, rank)
+        data_gen = torch.Generator().manual_seed(seed + 1_000_003 * step + 7_919 * rank)
+        sample_gen = torch.Generator(device=device).manual_seed(seed + 1_000_003 * step + 7_919 * rank)
+
+        # 1. inputs: one ordered prompt per row, plus a shuffled one per video in temporal mode. A
+        # prompt over max_prompt_length is skipped, counted and replaced by a seeded random row, so
+        # every rank keeps the same amount of work (and resume stays exact)
+        prompts, visuals, n, groups = [], [], [], []
+        for row in batch_rows:
+            for _ in range(100):
+                frames, spt = data.load_frames(row, max_frames, fps, video_min_pixels, video_max_pixels,
+                                               image_min_pixels, image_max_pixels)
+                text = data.prompt_text(row, template=question_template)
+                visual = data.make_visual(frames, spt)
+                n_visual = int(visual["grid_thw"].prod()) // data.MERGE_SIZE ** 2
+                if len(tokenizer(text).input_ids) - 1 + n_visual <= max_prompt_length:
+                    break
+                skipped_prompts += 1
+                row = rows[torch.randint(len(rows), (1,), generator=data_gen).item()]
+            else:
+                raise ValueError(f"100 prompts in a row are longer than max_prompt_length={max_prompt_length}")
+            group = {"row": row, "ordered": len(prompts), "shuffled": None}
+            prompts.append(text), visuals.append(visual), n.append(G)
+            if temporal and row["data_type"] == "video":
+                shuffled = data.shuffle_frames(frames, data_gen, level=shuffle_level)
+                group["shuffled"] = len(prompts)
+                prompts.append(text), visuals.append(data.make_visual(shuffled, spt)), n.append(G_shuffled)
+            groups.append(group)
+        batch = data.collate(prompts, visuals, tokenizer)
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+        # 2. rollouts: each distinct prompt (and video) is prefilled once and sampled n times
+        t_roll = time.time()
+        with full_weights(accelerator, policy), accelerator.autocast():
+            out = engine.generate(accelerator.unwrap_model(policy).hf, batch, n, max_new_tokens,
+                                  temperature=temperature, top_p=top_p, generator=sample_gen,
+                                  stop_ids=stop_ids)
+        t_roll = time.time() - t_roll
+        completion_ids, lengths = out["completion_ids"], out["lengths"]  # [R, T], [R]
+        texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+
+        # 3. rewards and advantages, per prompt group
+        t_rew = time.time()
+        prompt_index = out["prompt_index"].tolist()
+        rows_of = lambda p: [i for i, q in enumerate(prompt_index) if q == p]
+        train_rows, scores = [], []
+        for g in groups:
+            ordered = rows_of(g["ordered"])
+            shuffled = rows_of(g["shuffled"]) if g["shuffled"] is not None else None
+            s = score_group([texts[i] for i in ordered], g["row"]["solution"], g["row"]["problem_type"],
+                            [lengths[i].item() for i in ordered],
+                            [texts[i] for i in shuffled] if shuffled else None)
+            scores.append(s)
+            train_rows += ordered
+        totals = torch.tensor([s["total"] for s in scores])           # [N, G]
+        advantages = group_advantages(totals).flatten().to(device)    # [N*G], rows in train_rows order
+        t_rew = time.time() - t_rew
+
+        # 4. log-probs of the sampling policy (only when it differs from the updated one) and the reference
+        t_lp = time.time()
+        idx = torch.tensor(train_rows, device=device)
+        c_ids, c_len, c_prompt = completion_ids[idx], lengths[idx], out["prompt_index"][idx]
+        mask = torch.arange(c_ids.shape[1], device=device)[None, :] < c_len[:, None]  # [R, T]
+        lp_args = dict(temperature=temperature, micro_batch_size=micro_batch_size)
+        with torch.no_grad():
+            logp_old = None
+            if num_iterations > 1:
+                logp_old = engine.token_logprobs(policy, batch, c_prompt, c_ids, c_len, **lp_args)
+            logp_ref = None
+            if ref is not None:
+                with accelerator.autocast():
+                    logp_ref = engine.token_logprobs(ref, batch, c_prompt, c_ids, c_len, **lp_args)
+        t_lp = time.time() - t_lp
+
+        # 5. updates: micro-batches with gradient accumulation; each micro-batch's loss is scaled so
+        # that the sum over micro-batches equals the loss over the whole batch
+        t_upd = time.time()
+        R = len(train_rows)
+        n_tokens = mask.sum().item()
+        stats_sum, grad_norm = {"kl": 0.0, "clip_frac": 0.0, "loss": 0.0}, float("nan")
+        for it in range(num_iterations):
+            chunks = list(range(0, R, micro_batch_size))
+            for j, start in enumerate(chunks):
+                sl = slice(start, start + micro_batch_size)
+                sync = contextlib.nullcontext() if j == len(chunks) - 1 else accelerator.no_sync(policy)
+                with sync, accelerator.autocast():
+                    logp = engine.token_logprobs(policy, batch, c_prompt[sl], c_ids[sl], c_len[sl],
+                                                 temperature=temperature)
+                    old = logp.detach() if logp_old is None else logp_old[sl]
+                    loss, st = policy_loss(logp, old, None if logp_ref is None else logp_ref[sl],
+                                           advantages[sl], mask[sl], eps=eps, beta=beta, loss_agg=loss_agg)
+                    weight = (mask[sl].sum().item() / n_tokens) if loss_agg == "token-mean" else (logp.shape[0] / R)
+                    accelerator.backward(loss * weight)
+                for k in ("kl", "clip_frac"):
+                    stats_sum[k] += st[k] * weight / num_iterations
+                stats_sum["loss"] += loss.item() * weight / num_iterations
+            grad_norm = float(accelerator.clip_grad_norm_(policy.parameters(), grad_clip))
+            if math.isfinite(grad_norm):
+                optimizer.step()
+            else:
+                skipped_updates += 1  # a non-finite loss or gradient: skip the update, keep going
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        t_upd = time.time() - t_upd
+
+        # 6. metrics: means over this rank's groups, then over ranks
+        flat = lambda key: [x for s in scores for x in s[key]]
+        video = [s for s in scores if s["p_ordered"] is not None]
+        gen_tokens = lengths.sum().item()
+        local = {
+            "reward": sum(flat("total")) / R, "reward_accuracy": sum(flat("accuracy")) / R,
+            "reward_format": sum(flat("format")) / R, "reward_temporal": sum(flat("temporal")) / R,
+            "reward_length": sum(flat("length")) / R,
+            "p_ordered": sum(s["p_ordered"] for s in video) / len(video) if video else float("nan"),
+            "p_shuffled": sum(s["p_shuffled"] for s in video) / len(video) if video else float("nan"),
+            "temporal_bonus_rate": sum(any(s["temporal"]) for s in video) / len(video) if video else float("nan"),
+            "zero_spread_groups": sum(len(set(s["total"])) == 1 for s in scores) / len(scores),
+            "kl": stats_sum["kl"], "clip_frac": stats_sum["clip_frac"], "loss": stats_sum["loss"],
+            "completion_len": c_len.float().mean().item(),
+            "truncated": out["truncated"][idx].float().mean().item(),
+            "rollout_tok_s": gen_tokens / t_roll,
+        }
+        keys = sorted(local)
+        mean = accelerator.reduce(torch.tensor([local[k] for k in keys], device=device), "mean")
+        metrics = {k: v for k, v in zip(keys, mean.tolist())}
+        metrics["rollout_tok_s"] *= world  # throughput of all ranks together
+        # which rows each rank trained on, and a weight checksum per rank (ranks must stay identical)
+        ids = torch.tensor([g["row"]["problem_id"] for g in groups], device=device)
+        metrics["problem_ids"] = accelerator.gather(ids).view(world, -1).tolist()
+        if accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU,
+                                            DistributedType.MULTI_CPU):  # replicated weights only
+            checksum = sum(p.detach().double().sum() for p in policy.parameters())
+            metrics["weight_checksums"] = accelerator.gather(checksum[None]).tolist()
+        metrics.update(step=step + 1, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
+                       completion_len_max=accelerator.gather(c_len.max()[None]).max().item(),
+                       skipped_prompts=skipped_prompts, skipped_updates=skipped_updates,
+                       t_rollout=t_roll, t_reward=t_rew, t_logprob=t_lp, t_update=t_upd,
+                       t_step=time.time() - t0)
+        metrics_log.log(metrics)
+        if master:
+            m = metrics
+            print(f"step {m['step']:4d} | R {m['reward']:.3f} acc {m['reward_accuracy']:.3f} "
+                  f"fmt {m['reward_format']:.3f} tb {m['reward_temporal']:.3f} len {m['reward_length']:.3f} "
+                  f"| p {m['p_ordered']:.2f} p~ {m['p_shuffled']:.2f} zero-spread {m['zero_spread_groups']:.2f} "
+                  f"| kl {m['kl']:.4f} clip {m['clip_frac']:.3f} | len {m['completion_len']:.0f}/"
+                  f"{m['completion_len_max']:.0f} trunc {m['truncated']:.2f} | {m['rollout_tok_s']:.0f} tok/s "
+                  f"| {m['t_step']:.1f}s (roll {t_roll:.1f} rew {t_rew:.2f} lp {t_lp:.1f} upd {t_upd:.1f})")
+            if sample_every and (step + 1) % sample_every == 0:
+                with open(os.path.join(out_dir, "samples.txt"), "a") as f:
+                    g, s = groups[0], scores[0]
+                    f.write(f"=== step {step + 1} | {g['row']['problem']} | truth {g['row']['solution']}\n")
+                    for k, i in enumerate(rows_of(g["ordered"])[:2]):
+                        f.write(f"--- reward {s['total'][k]:.2f}\n{texts[i]}\n")
+        if (step + 1) % save_every == 0 or step + 1 == max_steps:
+            save_checkpoint(accelerator, policy, tokenizer, out_dir, step + 1,
+                            {"skipped_prompts": skipped_prompts, "skipped_updates": skipped_updates,
+                             "config": config}, keep_last=keep_last)
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()
