@@ -62,10 +62,10 @@ def load_checkpoint(accelerator, path):
 
 
 def resolve_resume(resume, out_dir):
-    """`resume` is False/None (fresh run), True/"latest" (newest in out_dir, or fresh if none) or a path."""
+    """`resume` is "" (fresh run), "latest" (newest checkpoint in out_dir, fresh if none) or a path."""
     if not resume:
         return None
-    if resume is True or resume == "latest":
+    if resume == "latest":
         found = list_checkpoints(out_dir)
         return found[-1] if found else None
     if not os.path.isfile(os.path.join(resume, "trainer.json")):

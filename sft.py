@@ -55,7 +55,7 @@ n_samples = 8                           # greedy answers on held-out rows at the
 sample_tokens = 256
 save_every = 500
 keep_last = 2
-resume = False
+resume = ""                             # "latest": newest checkpoint in out_dir; or a checkpoint path
 
 from configurator import configure
 
@@ -196,13 +196,16 @@ def main():
             samples.append(e)
         chunks = [collate_targets(samples[i:i + micro_batch_size], tokenizer, device)
                   for i in range(0, len(samples), micro_batch_size)]
-        n_tokens = sum(c[2].sum().item() for c in chunks)  # the loss is the mean over the step's target tokens
+        # the loss is the mean over the target tokens of all ranks: DDP averages gradients over
+        # ranks, so each rank scales its summed NLL by world / global token count
+        n_local = sum(c[2].sum().item() for c in chunks)
+        n_tokens = accelerator.reduce(torch.tensor(n_local, device=device), "sum").item()
         total_nll = 0.0
         for k, encoded in enumerate(chunks):
             sync = contextlib.nullcontext() if k == len(chunks) - 1 else accelerator.no_sync(policy)
             with sync, accelerator.autocast():
                 nll = target_nll(policy, encoded)
-                accelerator.backward(nll / n_tokens)
+                accelerator.backward(nll * world / n_tokens)
             total_nll += nll.item()
         grad_norm = float(accelerator.clip_grad_norm_(policy.parameters(), grad_clip))
         if math.isfinite(grad_norm):
@@ -212,9 +215,9 @@ def main():
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        loss = accelerator.reduce(torch.tensor(total_nll / n_tokens, device=device), "mean").item()
+        loss = accelerator.reduce(torch.tensor(total_nll, device=device), "sum").item() / n_tokens
         metrics = {"step": step + 1, "epoch": epoch, "loss": loss, "lr": scheduler.get_last_lr()[0],
-                   "grad_norm": grad_norm, "tokens": n_tokens * world, "skipped_samples": skipped,
+                   "grad_norm": grad_norm, "tokens": n_tokens, "skipped_samples": skipped,
                    "skipped_updates": skipped_updates,
                    "t_step": time.time() - t0}
         if eval_every and ((step + 1) % eval_every == 0 or step + 1 == max_steps):

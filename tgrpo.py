@@ -78,7 +78,7 @@ log_with = None                         # "wandb", "tensorboard", or a list of t
 sample_every = 50                       # dump prompts and completions to out_dir/samples.txt
 save_every = 100
 keep_last = 2
-resume = False                          # True/"latest": newest checkpoint in out_dir; or a path
+resume = ""                             # "latest": newest checkpoint in out_dir; or a checkpoint path
 
 from configurator import configure
 
@@ -328,7 +328,9 @@ def main():
         # that the sum over micro-batches equals the loss over the whole batch
         t_upd = time.time()
         R = len(train_rows)
-        n_tokens = mask.sum().item()
+        # token-mean is over the tokens of all ranks (DDP averages gradients, hence the world factor);
+        # seq-mean is a mean of equal-sized per-rank means already
+        n_tokens = accelerator.reduce(mask.sum(), "sum").item() / world
         stats_sum, grad_norm = {"kl": 0.0, "clip_frac": 0.0, "loss": 0.0}, float("nan")
         for it in range(num_iterations):
             chunks = list(range(0, R, micro_batch_size))

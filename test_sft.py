@@ -1,0 +1,111 @@
+"""SFT: the loss covers exactly the assistant tokens (checked against a Hugging Face forward with
+labels built independently from the full conversation), it learns, runs on 2 processes, resumes."""
+import os
+
+import pytest
+import torch
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+import data
+import model as engine
+import sft
+from checkpoint import list_checkpoints
+from conftest import read_metrics, run_script
+
+
+def hf_labels_loss(hf, tokenizer, row, visual):
+    """Oracle: tokenize the whole conversation, mask everything up to the assistant header, and let
+    the HF model compute its own (shifted, mean) cross-entropy."""
+    full = data.prompt_text(row) + data.sft_target(row) + "<|im_end|>"
+    batch = data.collate([full], [visual], tokenizer)
+    ids = batch["input_ids"][0]
+    header = tokenizer("<|im_start|>assistant\n", add_special_tokens=False).input_ids
+    starts = [i for i in range(len(ids) - len(header) + 1) if ids[i:i + len(header)].tolist() == header]
+    labels = ids.clone()
+    labels[: starts[-1] + len(header)] = -100                    # system, question, vision pads, header
+    pad_id = hf.config.video_token_id if visual["kind"] == "video" else hf.config.image_token_id
+    assert (labels == pad_id).sum() == 0                          # no vision pad is ever a label
+    kwargs = ({"pixel_values_videos": visual["pixel_values"], "video_grid_thw": visual["grid_thw"][None],
+               "second_per_grid_ts": torch.tensor([visual["second_per_grid_t"]])}
+              if visual["kind"] == "video" else
+              {"pixel_values": visual["pixel_values"], "image_grid_thw": visual["grid_thw"][None]})
+    out = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels[None], **kwargs)
+    return out.loss.item()
+
+
+@pytest.mark.parametrize("family", ["demo/direction", "demo/colour", "demo/ocr"])
+def test_sft_loss_is_exactly_the_assistant_tokens(demo_assets, family):
+    world, tiny = demo_assets
+    hf, tokenizer = engine.load_model(tiny)
+    row = next(r for r in data.load_rows(os.path.join(world, "cot.json"), require_process=True)
+               if r["data_source"] == family)
+    encoded = sft.encode_row(row, tokenizer)
+    prompt, visual, target_ids = encoded
+    assert prompt == data.prompt_text(row)
+    assert tokenizer.decode(target_ids) == data.sft_target(row) + "<|im_end|>"
+    with torch.no_grad():
+        nll = sft.target_nll(hf, sft.collate_targets([encoded], tokenizer, "cpu")).item()
+        oracle_mean = hf_labels_loss(hf, tokenizer, row, visual)
+    # a mask off by one token, or a vision pad trained, moves the mean by far more than float noise
+    assert nll / len(target_ids) == pytest.approx(oracle_mean, rel=1e-5)
+
+
+def test_release_flag_trains_the_question_text_too(demo_assets):
+    world, tiny = demo_assets
+    _, tokenizer = engine.load_model(tiny)
+    row = data.load_rows(os.path.join(world, "cot.json"), require_process=True)[0]
+    default = sft.encode_row(row, tokenizer)
+    sft.train_prompt_tokens = True
+    try:
+        release = sft.encode_row(row, tokenizer)
+    finally:
+        sft.train_prompt_tokens = False
+    assert release[0].endswith("<|vision_end|>") and default[0].endswith("<|im_start|>assistant\n")
+    assert tokenizer.decode(release[2]).startswith(row["problem"])
+    assert release[0] + tokenizer.decode(release[2]) == default[0] + tokenizer.decode(default[2])
+
+
+@pytest.mark.slow
+def test_sft_learns_the_demo(sft_run):
+    everything = read_metrics(sft_run)
+    m = [x for x in everything if "loss" in x]
+    first, last = sum(x["loss"] for x in m[:10]) / 10, sum(x["loss"] for x in m[-10:]) / 10
+    assert last < 0.5 * first, (first, last)
+    val = [x["val_loss"] for x in m if "val_loss" in x]
+    assert val[-1] < val[0]
+    assert everything[-1]["heldout_format"] >= 0.25  # greedy answers on held-out rows are mostly well formed
+    ckpt = list_checkpoints(sft_run)[-1]
+    hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt)  # the HF layout loads as is
+    assert hf.config.text_config.use_cache
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(demo_assets, tmp_path):
+    # a global batch of 32 rows as 1 x 32 or 2 x 16: the same rows, the same global token-mean loss,
+    # hence the same weights (up to float summation order)
+    common = ["sft.py", "--num_epochs=1", "--eval_every=0", "--n_samples=0", "--micro_batch_size=8"]
+    run_script(*common, f"--out_dir={tmp_path}/one", "--batch_size=32")
+    run_script(*common, f"--out_dir={tmp_path}/two", "--batch_size=16", processes=2)
+    one, two = read_metrics(f"{tmp_path}/one"), read_metrics(f"{tmp_path}/two")
+    assert len(one) == len(two) == 6
+    for a, b in zip(one, two):
+        assert a["tokens"] == b["tokens"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    wa = Qwen2_5_VLForConditionalGeneration.from_pretrained(list_checkpoints(f"{tmp_path}/one")[-1]).state_dict()
+    wb = Qwen2_5_VLForConditionalGeneration.from_pretrained(list_checkpoints(f"{tmp_path}/two")[-1]).state_dict()
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(demo_assets, tmp_path):
+    common = ["sft.py", "--num_epochs=1", "--batch_size=32", "--eval_every=0", "--n_samples=0",
+              "--save_every=2", "--keep_last=5"]
+    run_script(*common, f"--out_dir={tmp_path}/a")
+    run_script(*common, f"--out_dir={tmp_path}/b", f"--resume={tmp_path}/a/step_000002")
+    a, b = read_metrics(f"{tmp_path}/a"), read_metrics(f"{tmp_path}/b")
+    assert [x["step"] for x in b] == [3, 4, 5, 6]
+    for x, y in zip(a[2:], b):
+        assert x["loss"] == y["loss"] and x["tokens"] == y["tokens"]
+    wa = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{tmp_path}/a/step_000006").state_dict()
+    wb = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{tmp_path}/b/step_000006").state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
