@@ -216,7 +216,9 @@ def main():
 
     # load: policy in fp32 (accelerate's bf16 autocast / DeepSpeed keep fp32 master weights, which
     # lr 1e-6 needs), reference in the compute dtype, frozen
-    path = resolve_model_path(model_path)
+    path = resolve_model_path(model_path)  # also the reference model, on resume too
+    if master:
+        print(f"policy and reference start from {path}")
     hf, tokenizer = engine.load_model(path, device=device)
     on_gpu = device.type == "cuda"
     if gradient_checkpointing and on_gpu:
@@ -314,14 +316,13 @@ def main():
         c_ids, c_len, c_prompt = completion_ids[idx], lengths[idx], out["prompt_index"][idx]
         mask = torch.arange(c_ids.shape[1], device=device)[None, :] < c_len[:, None]  # [R, T]
         lp_args = dict(temperature=temperature, micro_batch_size=micro_batch_size)
-        with torch.no_grad():
+        with torch.no_grad(), accelerator.autocast():  # the same precision as the updates below
             logp_old = None
             if num_iterations > 1:
                 logp_old = engine.token_logprobs(policy, batch, c_prompt, c_ids, c_len, **lp_args)
             logp_ref = None
             if ref is not None:
-                with accelerator.autocast():
-                    logp_ref = engine.token_logprobs(ref, batch, c_prompt, c_ids, c_len, **lp_args)
+                logp_ref = engine.token_logprobs(ref, batch, c_prompt, c_ids, c_len, **lp_args)
         t_lp = time.time() - t_lp
 
         # 5. updates: micro-batches with gradient accumulation; each micro-batch's loss is scaled so
