@@ -16,7 +16,6 @@ Two ideas run through the file:
 """
 
 import importlib.util
-import os
 
 import torch
 import torch.nn as nn
@@ -297,7 +296,7 @@ def token_logprobs(model, batch, prompt_index, completion_ids, lengths, temperat
     >>> logp = token_logprobs(hf, batch, out["prompt_index"], out["completion_ids"], out["lengths"])  # [R, T]
     """
     policy = VisionOnceLM(model) if isinstance(model, PreTrainedModel) else model
-    R, T = completion_ids.shape
+    T = completion_ids.shape[1]
     outs = []
     for rows in micro_batches(prompt_index, micro_batch_size):
         used, local_index = torch.unique(prompt_index.cpu()[rows], return_inverse=True)  # prompts of this chunk
