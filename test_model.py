@@ -190,6 +190,9 @@ def test_greedy_generate_matches_hf_generate(loaded):
     assert out["prompt_index"].tolist() == [0, 1, 2, 3]
     assert (out["lengths"] > 5).all()  # non-trivial sequences were compared ...
     assert len({tuple(r) for r in out["completion_ids"].tolist()}) == 4  # ... and they differ per prompt
+    # a prompt's cache copied into several rows decodes exactly like the prompt alone
+    copies = generate(model, batch, n=[2, 1, 1, 3], max_new_tokens=12, temperature=0)
+    assert torch.equal(copies["completion_ids"], out["completion_ids"][copies["prompt_index"]])
 
 
 def test_token_logprobs_match_hf_forward(loaded):
