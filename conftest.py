@@ -43,7 +43,7 @@ def demo_assets():
 
 @pytest.fixture(scope="session")
 def sft_run(demo_assets, tmp_path_factory):
-    """The demo SFT (10 epochs, 260 steps): formatted answers, so RL rewards vary within groups."""
+    """A third of the demo SFT (10 epochs, 260 steps): formatted answers, so RL rewards vary in groups."""
     out = str(tmp_path_factory.mktemp("sft"))
-    run_script("sft.py", f"--out_dir={out}", "--n_samples=8", "--sample_tokens=96")
+    run_script("sft.py", f"--out_dir={out}", "--num_epochs=10", "--n_samples=8", "--sample_tokens=96")
     return out

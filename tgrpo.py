@@ -35,10 +35,10 @@ out_dir = "out/tgrpo_demo"
 # vision (SPEC 1.3; the demo world uses tiny frames)
 max_frames = 8                          # 16 in the paper
 fps = 2.0
-video_min_pixels = 56 * 56              # paper: 128*28*28 min and max per frame
-video_max_pixels = 56 * 56
-image_min_pixels = 4 * 28 * 28
-image_max_pixels = 56 * 56              # paper: 256*28*28
+video_min_pixels = 112 * 112            # demo: 56x56 media upscaled so the tiny model gets 64 tokens a video; paper 128*28*28
+video_max_pixels = 112 * 112
+image_min_pixels = 112 * 112            # demo: 16 tokens an image; paper 4*28*28 .. 256*28*28
+image_max_pixels = 112 * 112            # paper: 256*28*28
 shuffle_level = "frame"                 # "frame" (release) or "patch" (whole 2-frame patches)
 question_template = "train"
 max_prompt_length = 4096                # longer prompts are skipped, counted and replaced, never truncated
@@ -60,23 +60,23 @@ num_iterations = 1                      # policy updates per batch of rollouts (
 loss_agg = "seq-mean"                   # "seq-mean" (paper, release) or "token-mean"
 temperature = 1.0
 top_p = 0.95
-max_new_tokens = 768
+max_new_tokens = 96                     # paper: 768; demo answers are ~50 tokens
 # optimisation
-max_steps = 1000
-prompts_per_rank = 1                    # the release: exactly 1
+max_steps = 250                         # paper: ~1k steps on 8 GPUs
+prompts_per_rank = 4                    # the release: exactly 1; the demo uses 4 for less noise
 micro_batch_size = 8                    # completions per forward/backward
-lr = 1e-6
+lr = 3e-4                               # paper: 1e-6; the tiny random model needs far more
 weight_decay = 0.01
 adam_betas = (0.9, 0.999)
 adam_eps = 1e-8
-warmup_steps = 0
+warmup_steps = 10
 grad_clip = 5.0
 gradient_checkpointing = True           # on GPU; ignored on CPU
 seed = 42
 # logging and checkpoints
 log_with = None                         # "wandb", "tensorboard", or a list of them
-sample_every = 50                       # dump prompts and completions to out_dir/samples.txt
-save_every = 100
+sample_every = 25                       # dump prompts and completions to out_dir/samples.txt
+save_every = 1000                       # the last step is always saved
 keep_last = 2
 resume = ""                             # "latest": newest checkpoint in out_dir; or a checkpoint path
 
