@@ -2,8 +2,8 @@
 The teaching experiment: with the same SFT start and the same number of RL steps, does T-GRPO make
 the tiny model rely on frame order more than plain GRPO does?
 
-    python experiment.py                  # 3 seeds x {SFT, SFT+GRPO, SFT+T-GRPO}, ~40 min on 2 CPU cores
-    python experiment.py --seeds=[0] --rl_steps=20   # a smoke test, a few minutes
+    python experiment.py                  # 3 seeds x {SFT, SFT+GRPO, SFT+T-GRPO}, ~20 min on 2 CPU cores
+    python experiment.py --seeds=[0] --rl_steps=20 --out_root=out/experiment_quick   # a few minutes
     python plot.py                        # the training curves of the last seed, experiment/curves.png
 
 Per seed: one SFT run (config/sft_demo.py), shared by both RL arms, which differ only by
@@ -16,6 +16,7 @@ and mean completion length; each as mean +- standard deviation over seeds.
 """
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -114,6 +115,7 @@ def run_seed(seed):
     for arm in ("grpo", "tgrpo"):
         out = os.path.join(root, arm)
         if not done(out, rl_steps):
+            shutil.rmtree(os.path.join(root, f"eval_{arm}"), ignore_errors=True)  # answers of an older model
             args = ["tgrpo.py", "config/tgrpo_demo.py", *ARMS[arm], f"--model_path={sft}", f"--seed={seed}",
                     f"--out_dir={out}", f"--max_steps={rl_steps}", *extra_rl]
             procs.append((start(args, f"{root}/{arm}.log"), f"{root}/{arm}.log"))
