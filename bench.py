@@ -10,7 +10,8 @@ and the same amount of work:
    (no early stop on either side; temperature 1, top_p 0.95).
    ours: model.generate, one call, every prompt prefilled once and its KV cache copied into its rows.
    HF:   generate(num_return_sequences=G) on the ordered prompts, then (=G_shuffled) on the shuffled
-         ones, which prefills every row (text and vision) separately.
+         ones, which prefills the language model for every row separately (transformers 5.23 already
+         encodes each visual once before expanding to the G rows).
 2. policy log-prob forward+backward of G completions of one video prompt.
    ours: VisionOnceLM via token_logprobs, the video encoded once and copied into the G rows.
    HF:   the naive per-row input, the video repeated in every row (LM head on the completion only,
