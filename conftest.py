@@ -43,7 +43,7 @@ def demo_assets():
 
 @pytest.fixture(scope="session")
 def sft_run(demo_assets, tmp_path_factory):
-    """A third of the demo SFT (10 epochs, 260 steps): formatted answers, so RL rewards vary in groups."""
+    """Two thirds of the demo SFT (20 epochs, 520 steps): formatted answers, so RL rewards vary."""
     out = str(tmp_path_factory.mktemp("sft"))
-    run_script("sft.py", f"--out_dir={out}", "--num_epochs=10", "--n_samples=8", "--sample_tokens=96")
+    run_script("sft.py", f"--out_dir={out}", "--num_epochs=20", "--n_samples=16", "--sample_tokens=96")
     return out

@@ -73,7 +73,7 @@ def test_sft_learns_the_demo(sft_run):
     assert last < 0.5 * first, (first, last)
     val = [x["val_loss"] for x in m if "val_loss" in x]
     assert val[-1] < val[0]
-    assert everything[-1]["heldout_format"] >= 0.25  # greedy answers on held-out rows are mostly well formed
+    assert everything[-1]["heldout_format"] >= 0.5  # greedy answers on held-out rows are mostly well formed
     ckpt = list_checkpoints(sft_run)[-1]
     hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt)  # the HF layout loads as is
     assert hf.config.text_config.use_cache
