@@ -80,8 +80,7 @@ def length_batches(lengths, batch, epoch):
     """Global batches of row indices for one epoch: shuffle, sort by length inside windows of 16
     batches (so neighbours have similar lengths), cut into batches, shuffle the batch order.
     The last incomplete batch is dropped so every rank always has the same number of rows.
-    >>> length_batches([5, 1, 9, 3], 2, 0)   # doctest: +SKIP
-    [[1, 3], [0, 2]]
+    E.g. lengths [5, 1, 9, 3] in batches of 2 give [[1, 3], [0, 2]] or [[0, 2], [1, 3]] (as indices).
     """
     gen = torch.Generator().manual_seed(seed + epoch)
     order = torch.randperm(len(lengths), generator=gen).tolist()
@@ -122,10 +121,8 @@ def collate_targets(samples, tokenizer, device):
 def target_nll(policy, encoded):
     """Summed negative log-likelihood of the targets of one collated micro-batch."""
     batch, ids, lengths = encoded
-    B, T = ids.shape
-    logp = engine.token_logprobs(policy, batch, torch.arange(B, device=ids.device), ids, lengths)
-    mask = torch.arange(T, device=ids.device)[None, :] < lengths[:, None]  # [B, T]
-    return -(logp * mask).sum()
+    prompt_index = torch.arange(ids.shape[0], device=ids.device)
+    return -engine.token_logprobs(policy, batch, prompt_index, ids, lengths).sum()  # 0 past each length
 
 
 def main():
@@ -150,6 +147,10 @@ def main():
     max_steps = num_epochs * steps_per_epoch
     if max_steps == 0:
         raise ValueError(f"{len(train)} training rows are fewer than one global batch of {batch_size * world}")
+    if eval_every and val_rows % (world * micro_batch_size):
+        # every rank must run the same number of validation forwards (DDP forwards are collective)
+        raise ValueError(f"val_rows={val_rows} must be a multiple of processes x micro_batch_size = "
+                         f"{world * micro_batch_size}")
 
     policy = engine.VisionOnceLM(hf)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, betas=adam_betas, eps=adam_eps,
