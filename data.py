@@ -1,4 +1,4 @@
-"""Data for Video-R1: rows, prompts, Qwen2.5-VL vision preprocessing, batching, and a synthetic demo world.
+"""Data for Video-R1: rows, prompts, Qwen2.5-VL vision preprocessing, batching.
 
     rows = load_rows("demo/rl.json")                       # validated dicts + row["media"] (absolute path)
     frames, spg = load_frames(rows[0])                      # [T,3,H,W] in [0,1]; seconds per 2-frame patch
@@ -15,7 +15,6 @@ import json
 import math
 import os
 
-import av
 import decord
 import numpy as np
 import torch
@@ -41,6 +40,7 @@ TYPE_TEMPLATE = {
   "regression":      " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> tags.",
 }
 PROBLEM_TYPES = tuple(TYPE_TEMPLATE)
+TEMPLATES = ("train", "eval", "plain")
 # The release's evaluation script words the last sentence slightly differently.
 QUESTION_TEMPLATE_EVAL = QUESTION_TEMPLATE.replace(
     "between the <think> </think> tags, and then give your final answer between the <answer> </answer> tags.",
@@ -120,9 +120,14 @@ def question_text(row):
 
 
 def prompt_text(row, template="train"):
-    """The full ChatML prompt: system turn, user turn (vision pad first, then text), open assistant turn."""
-    question_template = {"train": QUESTION_TEMPLATE, "eval": QUESTION_TEMPLATE_EVAL}[template]
-    user = question_template.format(Question=question_text(row)) + TYPE_TEMPLATE[row["problem_type"]]
+    """The full ChatML prompt: system turn, user turn (vision pad first, then text), open assistant turn.
+    template: "train" (SPEC 1.2), "eval" (the release's evaluation wording) or "plain" (the question
+    alone, as in instruction tuning: the demo's perception warm-up)."""
+    if template == "plain":
+        user = question_text(row)
+    else:
+        question_template = {"train": QUESTION_TEMPLATE, "eval": QUESTION_TEMPLATE_EVAL}[template]
+        user = question_template.format(Question=question_text(row)) + TYPE_TEMPLATE[row["problem_type"]]
     pad = VISION_PAD[row["data_type"]]
     return (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
             f"<|vision_start|>{pad}<|vision_end|>{user}<|im_end|>\n<|im_start|>assistant\n")
@@ -295,234 +300,3 @@ def collate(prompts, visuals, tokenizer):
         input_ids[b, L - len(s):] = torch.tensor(s)
         attention_mask[b, L - len(s):] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "visuals": list(visuals)}
-
-
-DEMO_SIZE = 56                 # 56x56 = 2x2 merged tokens per temporal patch: tiny but a real grid
-DEMO_FPS, DEMO_FRAMES = 4, 16  # 4 s clips; sampled at 2 fps with max_frames=8 -> 8 frames -> grid (4,4,4)
-BACKGROUND = 20                # dark grey, so a black frame from a decoding bug is not mistaken for it
-COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 90, 230), "yellow": (230, 210, 40)}
-NUMBER_WORDS = ("zero", "one", "two", "three", "four")
-GLYPHS = {  # 3x5 blocky letters, drawn with 6x6 blocks: legible at 56x56 without a font file
-    "A": "111101111101101", "C": "111100100100111", "E": "111100111100111", "H": "101101111101101",
-    "L": "100100100100111", "O": "111101101101111", "T": "111010010010010", "U": "101101101101111"}
-DIRECTIONS = ("left", "right", "up", "down")
-SIZE_CHANGES = ("grows", "shrinks", "stays the same size")
-
-
-def _canvas(n):
-    return np.full((n, DEMO_SIZE, DEMO_SIZE, 3), BACKGROUND, np.uint8)  # [F,H,W,3]
-
-
-def _mc(rng, answer, choices, k):
-    """Options -> (["A. x", "B. y", ...], letter of the answer). The answer's slot rotates with the instance
-    number k (Latin-square style, so each letter and each class-letter pair is equally common: a constant
-    letter scores 1/len(choices)); the distractors are in random order."""
-    n = len(choices)
-    order = [choices[i] for i in rng.permutation(n) if choices[i] != answer]
-    order.insert((k + k // n) % n, answer)
-    return [f"{'ABCD'[i]}. {c}" for i, c in enumerate(order)], "ABCD"[order.index(answer)]
-
-
-def _moving_square(rng, direction, stays_in_start_half):
-    """A 12 px square sliding 16 px. With stays_in_start_half it slides from near the edge it starts at to
-    just short of the centre (right-movers live in the left half), otherwise from the centre towards the far
-    edge. Any single frame then tells which half the square is in, which predicts the direction only as well
-    as stays_in_start_half does."""
-    increasing = direction in ("right", "down")
-    lo, hi = (2, 18) if increasing == stays_in_start_half else (26, 42)
-    a, b = (lo, hi) if increasing else (hi, lo)
-    colour = str(rng.choice(list(COLOURS)))
-    cross = 22 + int(rng.integers(-3, 4))
-    horizontal = direction in ("left", "right")
-    frames = _canvas(DEMO_FRAMES)
-    for f in range(DEMO_FRAMES):
-        pos = round(a + (b - a) * f / (DEMO_FRAMES - 1))
-        x, y = (pos, cross) if horizontal else (cross, pos)
-        frames[f, y:y + 12, x:x + 12] = COLOURS[colour]
-    words = ("left", "right", "left of", "right of") if horizontal else ("top", "bottom", "above", "below")
-    where = {2: f"near the {words[0]} edge", 18: f"just {words[2]} the centre",
-             26: f"just {words[3]} the centre", 42: f"near the {words[1]} edge"}
-    think = (f"Let me think. In the first frame the {colour} square is {where[a]}. Then, in the later frames, it "
-             f"is {where[b]}. So it moves {direction}; the last frame confirms this.")
-    return frames, colour, think
-
-
-def _direction(rng, k):
-    # The single-frame shortcut: 3 of every 4 videos per direction stay in the half they start from.
-    d = DIRECTIONS[k % 4]
-    frames, colour, think = _moving_square(rng, d, stays_in_start_half=(k // 4) % 4 != 3)
-    options, letter = _mc(rng, d, DIRECTIONS, k)
-    return frames, f"In which direction does the {colour} square move?", "multiple choice", options, letter, think
-
-
-def _motion(rng, k):
-    d = DIRECTIONS[k % 4]
-    frames, colour, think = _moving_square(rng, d, stays_in_start_half=(k // 4) % 2 == 0)  # no shortcut here
-    answer = f"the {colour} square moves {d}"
-    return frames, "Describe the motion in the video in a few words.", "free-form", [], answer, think
-
-
-def _order(rng, k):
-    a, b = (str(c) for c in rng.choice(list(COLOURS), 2, replace=False))
-    switch = int(rng.integers(5, 12))  # a alone in frames [0, switch), then b alone: frame counts do not tell
-    cells = rng.permutation(4)[:2]     # random 2x2-grid cells, so position does not tell either
-    frames = _canvas(DEMO_FRAMES)
-    for f in range(DEMO_FRAMES):
-        cell = cells[0] if f < switch else cells[1]
-        y, x = 28 * (cell // 2) + 6, 28 * (cell % 2) + 6
-        frames[f, y:y + 16, x:x + 16] = COLOURS[a if f < switch else b]
-    options, letter = _mc(rng, a, list(COLOURS), k)
-    think = (f"At the start I see only a {a} square. Then it disappears and a {b} square shows up for the rest "
-             f"of the video. So the {a} square appears first.")
-    return frames, "Which colour of square appears first in the video?", "multiple choice", options, letter, think
-
-
-def _grow(rng, k):
-    change, colour = SIZE_CHANGES[k % 3], str(rng.choice(list(COLOURS)))
-    s0, s1 = {"grows": (6, 26), "shrinks": (26, 6)}.get(change, (int(rng.integers(10, 21)),) * 2)
-    cx, cy = (int(v) for v in rng.integers(16, 41, size=2))
-    frames = _canvas(DEMO_FRAMES)
-    for f in range(DEMO_FRAMES):
-        s = round(s0 + (s1 - s0) * f / (DEMO_FRAMES - 1))
-        frames[f, cy - s // 2:cy - s // 2 + s, cx - s // 2:cx - s // 2 + s] = COLOURS[colour]
-    size = lambda s: "small" if s < 12 else "large" if s > 20 else "medium-sized"
-    options, letter = _mc(rng, change, SIZE_CHANGES, k)
-    think = (f"At first the {colour} square is {size(s0)}. Then, in the last frames, it is "
-             f"{'still ' if s0 == s1 else ''}{size(s1)}. So it {change}.")
-    problem = f"Does the {colour} square grow, shrink, or stay the same size?"
-    return frames, problem, "multiple choice", options, letter, think
-
-
-def _squares(rng, n, frames, colours):
-    """Draw n squares into distinct cells of a 2x2 grid (no overlaps, so they can be counted)."""
-    for cell, colour in zip(rng.permutation(4)[:n], colours):
-        s = int(rng.integers(10, 17))
-        y, x = 28 * (cell // 2) + int(rng.integers(1, 27 - s)), 28 * (cell % 2) + int(rng.integers(1, 27 - s))
-        frames[:, y:y + s, x:x + s] = COLOURS[colour]
-
-
-def _listing(words):
-    return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else words[0]
-
-
-def _count(rng, k):
-    n = 1 + k % 4
-    colours = [str(c) for c in rng.choice(list(COLOURS), n)]
-    frames = _canvas(DEMO_FRAMES)
-    _squares(rng, n, frames, colours)
-    think = (f"Let me count the squares. I see {_listing([f'a {c} square' for c in colours])}, "
-             f"and nothing new appears later. So there {'is' if n == 1 else 'are'} {n}.")
-    return frames, "How many squares are in the video?", "numerical", [], str(n), think
-
-
-def _one_square(rng, s, colour):
-    x, y = (int(v) for v in rng.integers(0, DEMO_SIZE - s + 1, size=2))
-    image = _canvas(1)
-    image[0, y:y + s, x:x + s] = COLOURS[colour]
-    return image
-
-
-def _colour(rng, k):
-    colour = list(COLOURS)[k % 4]
-    image = _one_square(rng, int(rng.integers(14, 29)), colour)
-    options, letter = _mc(rng, colour, list(COLOURS), k)
-    think = f"The image shows one square on a dark background. Its colour is clearly {colour}: option {letter}."
-    return image, "What colour is the square in the image?", "multiple choice", options, letter, think
-
-
-def _area(rng, k):
-    s, colour = int(rng.integers(8, 41)), str(rng.choice(list(COLOURS)))
-    image = _one_square(rng, s, colour)
-    percent = round(100 * s * s / DEMO_SIZE**2, 1)
-    think = (f"The image is {DEMO_SIZE} by {DEMO_SIZE} pixels and the {colour} square is about {s} by {s}. So it "
-             f"covers {s * s} of {DEMO_SIZE**2} pixels, which is about {percent} percent.")
-    return image, "What percentage of the image area does the square cover?", "regression", [], str(percent), think
-
-
-def _ocr(rng, k):
-    word = "".join(str(c) for c in rng.choice(list(GLYPHS), 2))
-    image = _canvas(1)
-    for i, letter in enumerate(word):
-        for j in [j for j, bit in enumerate(GLYPHS[letter]) if bit == "1"]:
-            y, x = 13 + 6 * (j // 3), 7 + 24 * i + 6 * (j % 3)  # two 18x30 letters, 6 px apart, centred
-            image[0, y:y + 6, x:x + 6] = 235
-    think = f"I see two big blocky white letters. The first is {word[0]}, the second is {word[1]}, so it reads {word}."
-    return image, "What text is written in the image?", "OCR", [], word, think
-
-
-def _describe(rng, k):
-    n, colour = 1 + k % 3, str(rng.choice(list(COLOURS)))
-    image = _canvas(1)
-    _squares(rng, n, image, [colour] * n)
-    answer = f"{NUMBER_WORDS[n]} {colour} square{'s' * (n > 1)}"
-    think = f"Let me look. There {'is' if n == 1 else 'are'} {answer} on a dark background, nothing else. So: {answer}."
-    return image, "Describe the image in a few words.", "free-form", [], answer, think
-
-
-VIDEO_FAMILIES = {"direction": _direction, "order": _order, "grow": _grow, "motion": _motion, "count": _count}
-IMAGE_FAMILIES = {"colour": _colour, "area": _area, "ocr": _ocr, "describe": _describe}
-
-
-def _write_mp4(path, frames):
-    with av.open(path, "w") as container:
-        stream = container.add_stream("libx264", rate=DEMO_FPS)
-        stream.width, stream.height, stream.pix_fmt = DEMO_SIZE, DEMO_SIZE, "yuv420p"
-        stream.options = {"crf": "12", "preset": "ultrafast", "threads": "1"}  # near-lossless, deterministic
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-
-
-def _demo_split(out_dir, split, rng, n_videos, n_images):
-    rows = []
-    for modality, n, families in [("video", n_videos, VIDEO_FAMILIES), ("image", n_images, IMAGE_FAMILIES)]:
-        for j in range(n):
-            family = list(families)[j % len(families)]  # round robin; k counts instances within a family
-            media, problem, problem_type, options, answer, think = families[family](rng, j // len(families))
-            rel = f"./{modality}s/{split}_{j:04d}.{'mp4' if modality == 'video' else 'png'}"
-            if modality == "video":
-                _write_mp4(os.path.join(out_dir, rel), media)
-            else:
-                Image.fromarray(media[0]).save(os.path.join(out_dir, rel))
-            rows.append({"problem": problem, "data_type": modality, "problem_type": problem_type,
-                         "options": options, "process": f"<think>{think}</think>",
-                         "solution": f"<answer>{answer}</answer>", "path": rel, "data_source": f"demo/{family}"})
-    rows = [rows[i] for i in rng.permutation(len(rows))]  # mix videos and images, so limit=... sees both
-    return [{"problem_id": i, **row} for i, row in enumerate(rows)]
-
-
-def make_demo_world(out_dir, seed=0, n_videos=160, n_images=80):
-    """Write a tiny synthetic Video-R1 world: videos/*.mp4, images/*.png, rl.json, cot.json, eval_demo.json.
-
-    Videos are 4 s, 4 fps, 56x56 (grid (4,4,4) = 16 tokens at max_frames=8, 56*56 pixels); images 56x56
-    (4 tokens). Families (data_source "demo/<family>"), dealt round robin so each is balanced:
-      order-dependent video: direction (MC), order (MC: which colour first), grow (MC), motion (free-form);
-      order-free video: count (numerical); images: colour (MC), area (regression), ocr (OCR), describe (free-form).
-    Deliberate shortcut, for teaching what T-GRPO's shuffled rollouts detect: in "direction" 75% of videos stay
-    in the half they start from (a right-mover sits in the left half), so one frame answers 75% right, the order
-    100%. "motion" has the same layout at 50% (no shortcut); order and grow cannot be read from one frame.
-    cot.json = the rl questions with `process` (the real COT-165k is a subset of the 260k); rl.json and
-    eval_demo.json have no `process`; eval_demo.json is a held-out half-size set from another random stream.
-    Returns {"rl": rows, "cot": rows, "eval_demo": rows}.
-    """
-    for sub in ("videos", "images"):
-        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
-    cot = _demo_split(out_dir, "train", np.random.default_rng([seed, 0]), n_videos, n_images)
-    held_out = _demo_split(out_dir, "eval", np.random.default_rng([seed, 1]), n_videos // 2, n_images // 2)
-    strip = lambda rows: [{k: v for k, v in row.items() if k != "process"} for row in rows]
-    files = {"rl": strip(cot), "cot": cot, "eval_demo": strip(held_out)}
-    for name, rows in files.items():
-        with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-            json.dump(rows, f, indent=1)
-    return files
-
-
-def demo_texts(out_dir):
-    """Every text a tokenizer for the demo world should know: prompts (both templates), processes,
-    solutions, options."""
-    texts = []
-    for name in ("rl", "cot", "eval_demo"):
-        for row in load_rows(os.path.join(out_dir, f"{name}.json")):
-            texts += [prompt_text(row, "train"), prompt_text(row, "eval"), row["solution"], *row["options"]]
-            texts += [row["process"]] if "process" in row else []
-    return texts

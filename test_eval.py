@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import data
+import demo_world
 import eval as ev
 import model as engine
 
@@ -86,8 +87,8 @@ def test_gap_is_over_questions_answered_both_ways():
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     world, ckpt = str(root / "world"), str(root / "ckpt")
-    data.make_demo_world(world, n_videos=8, n_images=4)  # eval_demo.json: 4 videos, 2 images
-    engine.make_tiny_checkpoint(ckpt, texts=data.demo_texts(world))
+    demo_world.make_demo_world(world, n_rl=8, n_cot=4, n_eval=6, n_warmup=0)  # eval_demo.json: 3 videos, 3 images
+    engine.make_tiny_checkpoint(ckpt, texts=demo_world.demo_texts(world))
     return world, ckpt
 
 
