@@ -28,6 +28,42 @@ def test_group_advantages_are_per_group_not_per_batch():
     assert not torch.allclose(together, batch_level)
 
 
+def test_temporal_bonus_cannot_move_group_normalised_advantages():
+    """With 0/1 accuracy and equal format, T-GRPO's reward is c + (1 + alpha) * acc on a group paid
+    the bonus: a positive affine change, invisible to per-group normalisation, visible to the others."""
+    right, wrong = "<think>I see it.</think><answer>B</answer>", "<think>I see it.</think><answer>C</answer>"
+    video = [right, wrong, wrong, right, wrong, wrong, wrong, right]   # p = 3/8
+    image = [right, right, wrong, right, wrong, right, right, wrong]
+    lengths = [12] * 8
+    paid = tgrpo.score_group(video, "<answer>B</answer>", "multiple choice", lengths, shuffled_completions=[wrong] * 4)
+    plain = tgrpo.score_group(video, "<answer>B</answer>", "multiple choice", lengths)  # GRPO: no shuffled rollouts
+    assert paid["temporal"] == [tgrpo.alpha if c == right else 0.0 for c in video]     # p = 3/8 >= p~ = 0
+    img = tgrpo.score_group(image, "<answer>B</answer>", "multiple choice", lengths)["total"]
+    t_grpo, grpo = torch.tensor([paid["total"], img]), torch.tensor([plain["total"], img])  # [2 groups, 8]
+    assert not torch.equal(t_grpo, grpo)
+    std = lambda R: R.std().item()  # "batch": one std over every reward of the step
+    adv = {norm: (tgrpo.group_advantages(t_grpo, norm, std(t_grpo)), tgrpo.group_advantages(grpo, norm, std(grpo)))
+           for norm in ("group", "none", "batch")}
+    assert torch.allclose(*adv["group"], atol=1e-3)
+    for norm in ("none", "batch"):
+        assert (adv[norm][0][0] - adv[norm][1][0]).abs().max() > 0.05, norm  # the bonus group moves
+    # "none" scales the bonus group by exactly 1 + alpha and leaves the other alone
+    assert torch.allclose(adv["none"][0][0], (1 + tgrpo.alpha) * adv["none"][1][0])
+    assert torch.equal(adv["none"][0][1], adv["none"][1][1])
+    # "batch" divides every group by the one std of the step
+    assert torch.allclose(adv["batch"][0] * (std(t_grpo) + 1e-4), t_grpo - t_grpo.mean(1, keepdim=True))
+
+
+def test_advantage_norms_by_hand():
+    R = torch.tensor([[2.0, 0.0, 1.0], [1.3, 1.3, 1.3]])
+    s = 1.0  # unbiased std of 2, 0, 1
+    assert torch.allclose(tgrpo.group_advantages(R), torch.tensor([[1 / (s + 1e-4), -1 / (s + 1e-4), 0.0], [0, 0, 0]]))
+    assert torch.allclose(tgrpo.group_advantages(R, "none"), torch.tensor([[1.0, -1.0, 0.0], [0, 0, 0]]))
+    assert torch.allclose(tgrpo.group_advantages(R, "batch", 0.5), torch.tensor([[1 / 0.5001, -1 / 0.5001, 0.0], [0, 0, 0]]))
+    with pytest.raises(ValueError, match="advantage_norm"):
+        tgrpo.group_advantages(R, "mean")
+
+
 def scalar_loss(logp, old, ref, adv, mask, eps, beta, agg):
     """Independent scalar re-statement of SPEC 3, written with math on Python floats."""
     per_seq, all_tok = [], []

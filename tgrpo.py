@@ -58,6 +58,7 @@ beta = 0.04                             # KL penalty (k3) to the reference model
 eps = 0.2                               # PPO clip range
 num_iterations = 1                      # policy updates per batch of rollouts (1: ratio == 1)
 loss_agg = "seq-mean"                   # "seq-mean" (paper, release) or "token-mean"
+advantage_norm = "group"                # "group" (paper, release), "none" (Dr. GRPO) or "batch" (see group_advantages)
 temperature = 1.0
 top_p = 0.95
 max_new_tokens = 96                     # paper: 768; demo answers are ~50 tokens
@@ -94,17 +95,33 @@ from checkpoint import MetricsLog, load_checkpoint, resolve_model_path, resolve_
 from rewards import accuracy_reward, format_reward, group_share, length_bonus, temporal_bonus
 
 
-def group_advantages(rewards):
-    """GRPO advantages within each group: (R - mean) / (std + 1e-4), std unbiased like torch.std.
+def group_advantages(rewards, norm="group", batch_std=None):
+    """GRPO advantages [N, G] of N groups of G rewards: each reward minus its group's mean, divided by
+    norm="group": the group's own std + 1e-4 (unbiased, like torch.std; the paper and the release);
+    norm="none":  nothing (Dr. GRPO, Liu et al. 2025);
+    norm="batch": batch_std + 1e-4, the std of all rewards of the step (every rank's groups).
+    A group whose rewards are all equal has nothing to learn from and gets exactly 0.
 
-    rewards [N, G] -> [N, G]. A group whose rewards are all equal gets zeros.
+    Under "group", A is unchanged by a positive affine change of a group's rewards, so a bonus paid
+    to exactly the correct answers of a 0/1-accuracy group (R = c + (1 + alpha) * acc) changes nothing.
     >>> group_advantages(torch.tensor([[1.0, 0.0], [2.0, 2.0]]))
     tensor([[ 0.7070, -0.7070],
             [ 0.0000,  0.0000]])
+    >>> group_advantages(torch.tensor([[1.3, 0.0], [2.0, 2.0]]), "none")
+    tensor([[ 0.6500, -0.6500],
+            [ 0.0000,  0.0000]])
     """
-    mean = rewards.mean(dim=1, keepdim=True)  # [N, 1]
-    std = rewards.std(dim=1, keepdim=True)    # [N, 1]
-    return (rewards - mean) / (std + 1e-4)   # [N, G]
+    centred = rewards - rewards.mean(dim=1, keepdim=True)              # [N, G]
+    spread = (rewards != rewards[:, :1]).any(dim=1, keepdim=True)      # [N, 1] False: all equal
+    if norm == "group":
+        scale = rewards.std(dim=1, keepdim=True) + 1e-4                # [N, 1]
+    elif norm == "none":
+        scale = torch.ones_like(spread, dtype=rewards.dtype)
+    elif norm == "batch":
+        scale = torch.full_like(spread, batch_std + 1e-4, dtype=rewards.dtype)
+    else:
+        raise ValueError(f"advantage_norm must be 'group', 'none' or 'batch', got {norm!r}")
+    return torch.where(spread, centred / scale, torch.zeros_like(centred))  # [N, G]
 
 
 def masked_mean(x, mask, dim=None):
@@ -307,7 +324,9 @@ def main():
             scores.append(s)
             train_rows += ordered
         totals = torch.tensor([s["total"] for s in scores])           # [N, G]
-        advantages = group_advantages(totals).flatten().to(device)    # [N*G], rows in train_rows order
+        # every rank has the same number of groups, so the gather is a plain [world*N, G]
+        batch_std = accelerator.gather(totals.to(device)).std().item() if advantage_norm == "batch" else None
+        advantages = group_advantages(totals, advantage_norm, batch_std).flatten().to(device)  # [N*G]
         t_rew = time.time() - t_rew
 
         # 4. log-probs of the sampling policy (only when it differs from the updated one) and the reference
