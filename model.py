@@ -49,7 +49,7 @@ CHAT_TEMPLATE = (
 
 
 def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64, num_layers=2,
-                         vision_hidden_size=64, vision_depth=2):
+                         vision_hidden_size=64, vision_depth=2, rope_theta=10.0):
     """Write a random-weight Qwen2.5-VL and a byte-level BPE tokenizer trained on `texts` to `out_dir`.
 
     Real architecture, toy sizes: trains on a laptop CPU in minutes. The layout is the standard HF one
@@ -85,14 +85,17 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
 
     # 2. model: Qwen2.5-VL with toy sizes. 4 heads; M-RoPE splits head_dim / 2 frequencies over
-    # (temporal, height, width) in Qwen's 1 : 1.5 : 1.5 ratio ([16, 24, 24] at head_dim 128, [2, 3, 3] at 16)
+    # (temporal, height, width) in Qwen's 1 : 1.5 : 1.5 ratio ([16, 24, 24] at head_dim 128, [2, 3, 3] at 16).
+    # The axes take consecutive frequency bands, fastest first, so with Qwen's rope_theta 1e6 and only 8
+    # frequencies the width axis turns by < 2e-4 rad per position: the tiny model could not tell left
+    # from right. rope_theta 10 gives every axis rotations of 0.13-1 rad per position.
     half = hidden_size // 4 // 2
     mrope_section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
     config = Qwen2_5_VLConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                          num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=32768, rms_norm_eps=1e-6,
-                         rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=mrope_section),
+                         rope_parameters=dict(rope_type="default", rope_theta=rope_theta, mrope_section=mrope_section),
                          bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                          pad_token_id=ids["<|endoftext|>"]),
         vision_config=dict(depth=vision_depth, hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size,
