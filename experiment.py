@@ -1,56 +1,61 @@
 """
-The teaching experiment: with the same SFT start and the same number of RL steps, does T-GRPO make
-the tiny model rely on frame order more than plain GRPO does?
+The teaching experiment: from the same SFT start and with the same RL budget, what do GRPO and T-GRPO
+do to accuracy and to the use of frame order, under the paper's per-group advantage normalisation and
+under one where the temporal bonus can act?
 
-    python experiment.py                  # 3 seeds x {SFT, SFT+GRPO, SFT+T-GRPO}, ~20 min on 2 CPU cores
+    python experiment.py                  # 3 seeds x 5 arms, about an hour on 2 CPU cores
     python experiment.py --seeds=[0] --rl_steps=20 --out_root=out/experiment_quick   # a few minutes
-    python plot.py                        # the training curves of the last seed, experiment/curves.png
+    python plot.py                        # training curves of every arm of the last seed
 
-Per seed: one SFT run (config/sft_demo.py), shared by both RL arms, which differ only by
-config/tgrpo_grpo.py (temporal off). Every model is evaluated on eval_demo.json with ordered and
-shuffled frames (eval.py --shuffle=True). Each stage is skipped when its output exists, so an
-interrupted run resumes; delete out_root to start over. The tables go to experiment/results.md and
-experiment/results.json: accuracy with ordered frames (all questions), ordered and shuffled accuracy on
-the videos and their gap, the same for the order-dependent families, per family accuracy, format rate
-and mean completion length; each as mean +- standard deviation over seeds.
+Arms per seed (one SFT run, config/sft_demo.py, shared by the four RL arms, which differ only by flags):
+  sft                SFT only
+  grpo, tgrpo        config/tgrpo_demo.py with temporal off / on, advantage_norm="group" (paper)
+  grpo_batch, tgrpo_batch   the same with advantage_norm="batch": rewards minus the group mean over
+                     one std of the whole step, so a bonus paid to a group's correct answers enlarges
+                     its advantages instead of being normalised away
+Every model is evaluated on eval_demo.json with ordered and shuffled frames (eval.py --shuffle=True).
+Each stage is skipped when its output exists, so an interrupted run resumes; delete out_root to start
+over. Tables (mean +- std over seeds) go to results_dir/results.md and results.json.
 """
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 
 seeds = [0, 1, 2]
-rl_steps = 150                          # the same for both RL arms (config/tgrpo_demo.py's max_steps)
-parallel = True                         # train the two RL arms of a seed at the same time (2 cores)
+rl_steps = 250                          # the same for every RL arm (config/tgrpo_demo.py's max_steps)
+parallel = 2                            # processes at a time (2 cores, one torch thread each)
 out_root = "out/experiment"
 results_dir = "experiment"
-extra_rl = []                           # more tgrpo.py flags for both arms, e.g. ["--alpha=1.0"]
+extra_rl = []                           # more tgrpo.py flags for every RL arm, e.g. ["--alpha=1.0"]
 
 from configurator import configure
 
 config = configure(globals())
 
-from demo import ensure_demo_assets
-from rewards import format_reward
+import demo
+from demo import DEMO_PRETRAINED, DEMO_WORLD, ensure_demo_assets
 
-ORDER_DEPENDENT = ("direction", "order", "grow", "motion")   # need the frame order (direction: 75% without)
-ORDER_FREE = ("count", "colour", "area", "ocr", "describe")  # one frame (or the image) is enough
-ARMS = {"sft": [], "grpo": ["config/tgrpo_grpo.py"], "tgrpo": []}
-# one thread per process: the tiny model's matrices are too small to gain from a second one, and on a
-# shared CPU spinning threads slow each step several-fold
+GRPO = ["config/tgrpo_grpo.py"]
+ARMS = {"sft": None, "grpo": GRPO, "tgrpo": [], "grpo_batch": GRPO + ["--advantage_norm=batch"],
+        "tgrpo_batch": ["--advantage_norm=batch"]}
+NAMES = {"chance": "chance (blind guess)", "sft": "SFT only", "grpo": "SFT + GRPO", "tgrpo": "SFT + T-GRPO",
+         "grpo_batch": "SFT + GRPO, batch norm", "tgrpo_batch": "SFT + T-GRPO, batch norm"}
 ENV = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
 
-def start(args, log):
-    print("$ python", " ".join(args), f"> {log}", flush=True)
-    return subprocess.Popen([sys.executable, *args], stdout=open(log, "w"), stderr=subprocess.STDOUT, env=ENV)
-
-
-def wait(procs):
-    for p, log in procs:
+def run_all(commands):
+    """Run (args, log) pairs, `parallel` at a time; raise if any fails."""
+    pending, running = list(commands), []
+    while pending or running:
+        while pending and len(running) < parallel:
+            args, log = pending.pop(0)
+            print("$ python", " ".join(args), f"> {log}", flush=True)
+            running.append((subprocess.Popen([sys.executable, *args], stdout=open(log, "w"),
+                                             stderr=subprocess.STDOUT, env=ENV), log))
+        p, log = running.pop(0)
         if p.wait() != 0:
             raise RuntimeError(f"{' '.join(p.args)} failed with code {p.returncode}, see {log}")
 
@@ -61,47 +66,18 @@ def done(out_dir, step=None):
     return any(n.startswith("step_") for n in names) if step is None else f"step_{step:06d}" in names
 
 
-def score_records(path):
-    """Answers of one eval run -> the numbers of one cell of the results table."""
-    with open(path) as f:
-        recs = [json.loads(line) for line in f if line.endswith("\n")]
-    ok = [r for r in recs if r["status"] == "ok"]
-    ordered = [r for r in ok if not r["shuffled"]]
-    shuffled = {r["problem_id"]: r["score"] for r in ok if r["shuffled"]}
-    family = lambda r: r["data_source"].split("/")[-1]
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
-
-    def pair(rows):  # ordered and shuffled accuracy of the videos among rows
-        rows = [r for r in rows if r["problem_id"] in shuffled]
-        o, s = mean([r["score"] for r in rows]), mean([shuffled[r["problem_id"]] for r in rows])
-        return o, s, o - s
-
-    out = {"accuracy": mean([r["score"] for r in ordered])}
-    out["video_ordered"], out["video_shuffled"], out["video_gap"] = pair(ordered)
-    dep = [r for r in ordered if family(r) in ORDER_DEPENDENT]
-    out["dep_ordered"], out["dep_shuffled"], out["dep_gap"] = pair(dep)
-    out["free_accuracy"] = mean([r["score"] for r in ordered if family(r) in ORDER_FREE])
-    for fam in ORDER_DEPENDENT + ORDER_FREE:
-        rows = [r for r in ordered if family(r) == fam]
-        out[f"acc_{fam}"] = mean([r["score"] for r in rows])
-        if fam in ORDER_DEPENDENT:
-            out[f"gap_{fam}"] = pair(rows)[2]
-    out["format"] = mean([format_reward(r["output"]) for r in ordered])
-    out["length"] = mean([r["gen_tokens"] for r in ordered])
-    return out
-
-
 def train_stats(out_dir):
-    """What the RL run saw, from its metrics.jsonl: reward over the first and last 25 steps, and on
-    video groups p - p~ and the share of groups paid the temporal bonus (T-GRPO only)."""
+    """What the RL run saw, from its metrics.jsonl: reward and accuracy reward over the first and last
+    25 steps; on video groups p - p~ and the share of groups paid the temporal bonus."""
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         steps = [m for m in map(json.loads, f) if "reward" in m]
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
     video = [m for m in steps if m["p_ordered"] == m["p_ordered"]]  # NaN: no video group that step
-    return {"reward_first": mean([m["reward"] for m in steps[:25]]),
-            "reward_last": mean([m["reward"] for m in steps[-25:]]),
-            "p_minus_p_shuffled": mean([m["p_ordered"] - m["p_shuffled"] for m in video]),
-            "bonus_rate": mean([m["temporal_bonus_rate"] for m in video])}
+    return {"reward_first": demo.mean(m["reward"] for m in steps[:25]),
+            "reward_last": demo.mean(m["reward"] for m in steps[-25:]),
+            "accuracy_first": demo.mean(m["reward_accuracy"] for m in steps[:25]),
+            "accuracy_last": demo.mean(m["reward_accuracy"] for m in steps[-25:]),
+            "p_minus_p_shuffled": demo.mean(m["p_ordered"] - m["p_shuffled"] for m in video),
+            "bonus_rate": demo.mean(m["temporal_bonus_rate"] for m in video)}
 
 
 def run_seed(seed):
@@ -109,84 +85,99 @@ def run_seed(seed):
     os.makedirs(root, exist_ok=True)
     sft = os.path.join(root, "sft")
     if not done(sft):
-        wait([(start(["sft.py", "config/sft_demo.py", f"--seed={seed}", f"--out_dir={sft}"],
-                     f"{root}/sft.log"), f"{root}/sft.log")])
-    procs = []
-    for arm in ("grpo", "tgrpo"):
+        run_all([(["sft.py", "config/sft_demo.py", f"--seed={seed}", f"--out_dir={sft}"], f"{root}/sft.log")])
+    runs = []
+    for arm, flags in ARMS.items():
         out = os.path.join(root, arm)
-        if not done(out, rl_steps):
-            shutil.rmtree(os.path.join(root, f"eval_{arm}"), ignore_errors=True)  # answers of an older model
-            args = ["tgrpo.py", "config/tgrpo_demo.py", *ARMS[arm], f"--model_path={sft}", f"--seed={seed}",
-                    f"--out_dir={out}", f"--max_steps={rl_steps}", *extra_rl]
-            procs.append((start(args, f"{root}/{arm}.log"), f"{root}/{arm}.log"))
-            if not parallel:
-                wait(procs[-1:])
-    wait(procs)
-    procs = []
+        if flags is not None and not done(out, rl_steps):
+            if os.path.isdir(os.path.join(root, f"eval_{arm}")):  # answers of an older model
+                os.rename(os.path.join(root, f"eval_{arm}"), os.path.join(root, f"eval_{arm}.old.{time.time():.0f}"))
+            runs.append((["tgrpo.py", "config/tgrpo_demo.py", *flags, f"--model_path={sft}", f"--seed={seed}",
+                          f"--out_dir={out}", f"--max_steps={rl_steps}", *extra_rl], f"{root}/{arm}.log"))
+    run_all(runs)
+    evals = []
     for arm in ARMS:
-        model = sft if arm == "sft" else os.path.join(root, arm)
         out = os.path.join(root, f"eval_{arm}")
         if not os.path.exists(os.path.join(out, "summary.json")):
-            args = ["eval.py", "config/eval_demo.py", f"--model_path={model}", "--shuffle=True", f"--out_dir={out}"]
-            procs.append((start(args, f"{root}/eval_{arm}.log"), f"{root}/eval_{arm}.log"))
-            if not parallel or len(procs) == 2:
-                wait(procs)
-                procs = []
-    wait(procs)
-    results = {arm: score_records(os.path.join(root, f"eval_{arm}", "demo.jsonl")) for arm in ARMS}
-    for arm in ("grpo", "tgrpo"):
-        results[arm].update(train_stats(os.path.join(root, arm)))
+            model = sft if arm == "sft" else os.path.join(root, arm)
+            evals.append((["eval.py", "config/eval_demo.py", f"--model_path={model}", "--shuffle=True",
+                           f"--out_dir={out}"], f"{root}/eval_{arm}.log"))
+    run_all(evals)
+    results = {arm: demo.score_records(demo.read_answers(os.path.join(root, f"eval_{arm}"))) for arm in ARMS}
+    for arm, flags in ARMS.items():
+        if flags is not None:
+            results[arm].update(train_stats(os.path.join(root, arm)))
     return results
 
 
-def table(results):
-    """{seed: {arm: {metric: x}}} -> Markdown tables of mean +- std over seeds (in %, length in tokens)."""
-    def cell(arm, key, scale=100):
-        xs = [results[s][arm][key] * scale for s in results]
-        sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-        return f"{statistics.mean(xs):.{1 if scale == 100 else 2}f} ± {sd:.{1 if scale == 100 else 2}f}"
+def cell(values, scale=100, digits=1):
+    xs = [v * scale for v in values]
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.mean(xs):.{digits}f} ± {sd:.{digits}f}"
 
-    main_cols = [("accuracy", "accuracy, all (ordered)"), ("video_ordered", "video ordered"),
-                 ("video_shuffled", "video shuffled"), ("video_gap", "video gap"),
-                 ("dep_ordered", "order-dep. ordered"), ("dep_shuffled", "order-dep. shuffled"),
-                 ("dep_gap", "order-dep. gap"), ("free_accuracy", "order-free acc."), ("format", "format")]
-    names = {"sft": "SFT only", "grpo": "SFT + GRPO", "tgrpo": "SFT + T-GRPO"}
-    lines = ["| arm | " + " | ".join(c for _, c in main_cols) + " | length (tokens) |",
-             "|---|" + "---|" * (len(main_cols) + 1)]
+
+def tables(results, chance):
+    """{seed: {arm: scores}} -> Markdown tables of mean +- std over seeds (in %, lengths in tokens)."""
+    arms = ["chance", *ARMS]
+    get = lambda arm, *keys: [_dig(chance if arm == "chance" else results[s][arm], keys) for s in results]
+    main = [("all", "accuracy, all"), ("video ordered", "videos ordered"), ("video shuffled", "videos shuffled"),
+            ("gap", "video gap"), ("order gap", "order-dependent gap"), ("format", "format")]
+    lines = ["| arm | " + " | ".join(c for _, c in main) + " | length (tokens) |", "|---" * (len(main) + 2) + "|"]
+    for arm in arms:
+        length = "-" if arm == "chance" else cell(get(arm, "length"), 1)
+        lines.append(f"| {NAMES[arm]} | " + " | ".join(cell(get(arm, k)) for k, _ in main) + f" | {length} |")
+    fams = sorted((f for f in chance if isinstance(chance[f], dict)),
+                  key=lambda f: (f not in demo.demo_world.ORDER_DEPENDENT, f))
+    lines += ["", "Per family: accuracy with ordered frames / with shuffled frames (videos), format rate and "
+              "length of the answers (model arms):", "",
+              "| arm | " + " | ".join(fams) + " |", "|---" * (len(fams) + 1) + "|"]
+    for arm in arms:
+        row = []
+        for f in fams:
+            text = cell(get(arm, f, "ordered"))
+            if "shuffled" in chance[f]:
+                text += f" / {cell(get(arm, f, 'shuffled'))}"
+            row.append(text)
+        lines.append(f"| {NAMES[arm]} | " + " | ".join(row) + " |")
+    lines += ["", "| arm | " + " | ".join(f"{f} format / length" for f in fams) + " |", "|---" * (len(fams) + 1) + "|"]
     for arm in ARMS:
-        lines.append(f"| {names[arm]} | " + " | ".join(cell(arm, k) for k, _ in main_cols)
-                     + f" | {cell(arm, 'length', 1)} |")
-    fams = ORDER_DEPENDENT + ORDER_FREE
-    lines += ["", "Accuracy per family (ordered frames), and the gap (ordered - shuffled) of the order-dependent ones:",
-              "", "| arm | " + " | ".join(fams) + " | " + " | ".join(f"gap {f}" for f in ORDER_DEPENDENT) + " |",
-              "|---|" + "---|" * (len(fams) + len(ORDER_DEPENDENT))]
-    for arm in ARMS:
-        lines.append(f"| {names[arm]} | " + " | ".join(cell(arm, f"acc_{f}") for f in fams) + " | "
-                     + " | ".join(cell(arm, f"gap_{f}") for f in ORDER_DEPENDENT) + " |")
-    lines += ["", "During RL (from metrics.jsonl): mean reward over the first and last 25 steps; on video groups,",
-              "p - p~ (share correct with ordered minus shuffled frames; T-GRPO samples the shuffled ones) and",
-              "the share of groups paid the temporal bonus:", "",
-              "| arm | reward, first 25 steps | reward, last 25 steps | p - p~ (%) | bonus rate (%) |", "|---|---|---|---|---|"]
-    lines.append(f"| {names['grpo']} | {cell('grpo', 'reward_first', 1)} | {cell('grpo', 'reward_last', 1)} | - | - |")
-    lines.append(f"| {names['tgrpo']} | {cell('tgrpo', 'reward_first', 1)} | {cell('tgrpo', 'reward_last', 1)} | "
-                 f"{cell('tgrpo', 'p_minus_p_shuffled')} | {cell('tgrpo', 'bonus_rate')} |")
+        lines.append(f"| {NAMES[arm]} | " + " | ".join(
+            f"{cell(get(arm, f, 'format'), digits=0)} / {cell(get(arm, f, 'length'), 1, 0)}" for f in fams) + " |")
+    lines += ["", "During RL (metrics.jsonl): mean reward and accuracy reward over the first and last 25 steps; on "
+              "video groups, p - p~ (share correct with ordered minus shuffled frames; sampled by T-GRPO only) and "
+              "the share of video groups paid the temporal bonus:", "",
+              "| arm | reward, first 25 | reward, last 25 | accuracy, first 25 | accuracy, last 25 | p - p~ (%) | bonus rate (%) |",
+              "|---|---|---|---|---|---|---|"]
+    for arm in (a for a, flags in ARMS.items() if flags is not None):
+        temporal = "tgrpo" in arm
+        lines.append(f"| {NAMES[arm]} | " + " | ".join(cell(get(arm, k), 1, 2) for k in
+                     ("reward_first", "reward_last", "accuracy_first", "accuracy_last")) + " | "
+                     + (f"{cell(get(arm, 'p_minus_p_shuffled'))} | {cell(get(arm, 'bonus_rate'))}" if temporal else "- | -")
+                     + " |")
     return "\n".join(lines)
+
+
+def _dig(d, keys):
+    for k in keys:
+        d = d[k]
+    return d
 
 
 if __name__ == "__main__":
     t0 = time.time()
-    ensure_demo_assets()
+    ensure_demo_assets(DEMO_WORLD, DEMO_PRETRAINED)
     results = {}
     for seed in seeds:
         results[seed] = run_seed(seed)
         print(f"seed {seed} done after {(time.time() - t0) / 60:.1f} min", flush=True)
+    chance = demo.score_records(demo.chance_records())
     os.makedirs(results_dir, exist_ok=True)
     minutes = (time.time() - t0) / 60
-    text = (f"# GRPO vs T-GRPO on the demo world\n\n`python experiment.py {' '.join(sys.argv[1:])}`"
-            f" ({minutes:.0f} min for this invocation, stages already done skipped; seeds {seeds}, {rl_steps} RL steps per arm, eval_demo.json: 120 questions,"
-            f" 80 of them videos; scores in %, mean ± standard deviation over seeds)\n\n{table(results)}\n")
+    text = (f"# GRPO vs T-GRPO on the demo world\n\n`python experiment.py {' '.join(sys.argv[1:])}` ({minutes:.0f} min "
+            f"for this invocation, finished stages skipped; seeds {seeds}, {rl_steps} RL steps per arm; "
+            f"eval_demo.json; scores in %, mean ± standard deviation over seeds)\n\n{tables(results, chance)}\n")
     with open(os.path.join(results_dir, "results.md"), "w") as f:
         f.write(text)
     with open(os.path.join(results_dir, "results.json"), "w") as f:
-        json.dump({"config": config, "minutes": minutes, "results": results}, f, indent=1)
+        json.dump({"config": config, "minutes": minutes, "chance": chance, "results": results}, f, indent=1)
     print(text)

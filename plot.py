@@ -1,7 +1,7 @@
 """
 Training curves from tgrpo.py's metrics.jsonl files, several runs on the same axes (GRPO vs T-GRPO).
 
-    python plot.py                                            # the experiment's last seed -> experiment/curves.png
+    python plot.py                                            # the experiment's last seed, every RL arm -> experiment/curves.png
     python plot.py out/grpo_demo out/tgrpo_demo --out=curves.png --smooth=20
 
 Arguments: run folders (or metrics.jsonl paths); the legend names a run by its folder. Curves are
@@ -72,5 +72,6 @@ if __name__ == "__main__":
     opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--"))
     if not args:
         seed = max(int(d[4:]) for d in os.listdir("out/experiment") if d.startswith("seed"))
-        args = [f"out/experiment/seed{seed}/grpo", f"out/experiment/seed{seed}/tgrpo"]
+        args = [f"out/experiment/seed{seed}/{arm}" for arm in ("grpo", "tgrpo", "grpo_batch", "tgrpo_batch")
+                if os.path.isdir(f"out/experiment/seed{seed}/{arm}")]
     main(args, opts.get("out", "experiment/curves.png"), int(opts.get("smooth", 20)))

@@ -33,7 +33,8 @@ video_min_pixels = 112 * 112            # demo: 56x56 media upscaled so the tiny
 video_max_pixels = 112 * 112
 image_min_pixels = 112 * 112            # demo: 16 tokens an image; paper 4*28*28 .. 256*28*28
 image_max_pixels = 112 * 112            # paper: 256*28*28
-question_template = "train"
+question_template = "train"             # "plain": the question alone (the demo's perception warm-up)
+target_format = "cot"                   # "cot": process + "\n" + solution (SPEC 4); "answer": the answer text alone
 max_length = 4096                       # longer samples are skipped and counted, never truncated
 train_prompt_tokens = False             # True: also train the question text (the release, roughly)
 # optimisation
@@ -67,7 +68,7 @@ import data
 import model as engine
 from checkpoint import MetricsLog, load_checkpoint, resolve_model_path, resolve_resume, save_checkpoint
 from demo import ensure_demo_assets
-from rewards import accuracy_reward, format_reward
+from rewards import accuracy_reward, extract_answer, format_reward
 
 
 def split_rows(rows):
@@ -97,7 +98,8 @@ def encode_row(row, tokenizer):
     frames, spt = data.load_frames(row, max_frames, fps, video_min_pixels, video_max_pixels,
                                    image_min_pixels, image_max_pixels)
     visual = data.make_visual(frames, spt)
-    prompt, target = data.prompt_text(row, template=question_template), data.sft_target(row) + "<|im_end|>"
+    answer = data.sft_target(row) if target_format == "cot" else extract_answer(row["solution"])
+    prompt, target = data.prompt_text(row, template=question_template), answer + "<|im_end|>"
     if train_prompt_tokens:
         head, sep, tail = prompt.partition("<|vision_end|>")
         prompt, target = head + sep, tail + target
@@ -138,7 +140,8 @@ def main():
     hf, tokenizer = engine.load_model(resolve_model_path(model_path), device=device)
     if gradient_checkpointing and device.type == "cuda":
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    rows = data.load_rows(os.path.join(data_dir, train_file), data_types=data_types, require_process=True)
+    rows = data.load_rows(os.path.join(data_dir, train_file), data_types=data_types,
+                          require_process=target_format == "cot")
     train, val = split_rows(rows)
     # length-aware batching by a cheap proxy: modality first, then characters of question + answer
     lengths = [(r["data_type"], len(r["problem"]) + len(r.get("process", ""))) for r in train]
@@ -249,7 +252,8 @@ def show_samples(hf, tokenizer, rows, device, metrics_log):
                           stop_ids=engine.stop_token_ids(tokenizer))
     texts = tokenizer.batch_decode(out["completion_ids"], skip_special_tokens=True)
     fmt = [format_reward(t) for t in texts]
-    acc = [accuracy_reward(t, r["solution"], r["problem_type"]) for t, r in zip(texts, rows)]
+    answers = texts if target_format == "cot" else [f"<answer>{t}</answer>" for t in texts]  # bare answers
+    acc = [accuracy_reward(a, r["solution"], r["problem_type"]) for a, r in zip(answers, rows)]
     with open(os.path.join(out_dir, "samples.txt"), "w") as f:
         for r, t, a, m in zip(rows, texts, acc, fmt):
             f.write(f"=== {r['problem']} | truth {r['solution']} | format {m} accuracy {a:.2f}\n{t}\n")
