@@ -3,6 +3,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tgrpo
 from tgrpo import group_advantages, policy_loss
@@ -13,6 +15,31 @@ def test_group_advantages_by_hand():
     adv = group_advantages(torch.tensor([[2.0, 0.0], [1.5, 1.5]]))
     s = math.sqrt(2.0)
     assert torch.allclose(adv, torch.tensor([[1 / (s + 1e-4), -1 / (s + 1e-4)], [0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("value", [1.3, 2.1])
+def test_zero_spread_group_gets_exactly_zero_where_the_formula_does_not(value):
+    rewards = torch.full((1, 8), value)
+    naive = (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)
+    assert (naive != 0).all()  # float32 rounding of the mean: about -0.001 each, the bug this guards against
+    assert torch.equal(group_advantages(rewards), torch.zeros(1, 8))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(-1e6, 1e6, width=32), st.integers(2, 16),
+       st.lists(st.floats(-10, 10, width=32), min_size=2, max_size=16))
+def test_zero_spread_groups_are_exactly_zero_and_others_untouched(value, G, other):
+    # one zero-spread group at any reward value, next to a group with spread (or none, if `other` is constant)
+    other = (other * G)[:G]
+    rewards = torch.tensor([[value] * G, other])  # [2, G]
+    adv = group_advantages(rewards)
+    assert torch.equal(adv[0], torch.zeros(G))   # exactly 0, not 1e-3
+    assert tgrpo.zero_spread(rewards)[:, 0].tolist() == [True, len(set(other)) == 1]
+    if len(set(other)) > 1:                      # the others: the formula of SPEC 3, unchanged
+        x = rewards[1]
+        assert torch.equal(adv[1], (x - x.mean()) / (x.std() + 1e-4))
+    else:
+        assert torch.equal(adv[1], torch.zeros(G))
 
 
 def test_group_advantages_are_per_group_not_per_batch():
