@@ -151,6 +151,28 @@ def test_step_rows_split_ranks_and_epochs(monkeypatch):
     assert tgrpo.step_rows(rows, 3, 2, 1) == r1[3]  # a pure function of step: resume-safe
 
 
+def test_zero_spread_step_leaves_the_weights_bit_identical(demo_assets, tmp_path, monkeypatch):
+    # every completion scores 1.3 (accuracy 0.3 + format 1): all groups of G = 8 have zero spread, beta = 0, so there
+    # is nothing to learn. Before the fix each answer got A = -0.0012 and AdamW turned that rounding error into
+    # a full-size step; AdamW's weight decay alone would also move the weights.
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from conftest import read_metrics
+    world, tiny = demo_assets
+    monkeypatch.setattr(tgrpo, "accuracy_reward", lambda completion, solution, problem_type: 0.3)
+    monkeypatch.setattr(tgrpo, "format_reward", lambda completion: 1.0)
+    settings = dict(model_path=tiny, data_dir=world, out_dir=str(tmp_path), beta=0.0, temporal=False, max_steps=2,
+                    save_every=2, G=8, prompts_per_rank=2, max_new_tokens=8, lr=1e-2, warmup_steps=1, sample_every=0)
+    for key, value in settings.items():
+        monkeypatch.setattr(tgrpo, key, value)
+    tgrpo.main()
+    m = read_metrics(str(tmp_path))
+    assert [(x["step"], x["zero_spread_groups"], x["grad_norm"]) for x in m] == [(1, 1.0, 0.0), (2, 1.0, 0.0)]
+    assert m[-1]["reward"] == pytest.approx(1.3)
+    before = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny).state_dict()
+    after = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{tmp_path}/step_000002").state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
 RL_ARGS = ["--max_new_tokens=64", "--G=4", "--G_shuffled=2", "--prompts_per_rank=3", "--micro_batch_size=4",
            "--lr=1e-3", "--sample_every=1"]
 
