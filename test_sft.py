@@ -1,5 +1,6 @@
 """SFT: the loss covers exactly the assistant tokens (checked against a Hugging Face forward with
 labels built independently from the full conversation), it learns, runs on 2 processes, resumes."""
+import math
 import os
 
 import pytest
@@ -10,7 +11,7 @@ import data
 import model as engine
 import sft
 from checkpoint import list_checkpoints
-from conftest import read_metrics, run_script
+from conftest import BAD_MEDIA, dataset_with_bad_media, read_metrics, run_script
 
 
 def hf_labels_loss(hf, tokenizer, row, visual):
@@ -109,3 +110,47 @@ def test_resume_continues_exactly(demo_assets, tmp_path):
     wa = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{tmp_path}/a/step_000006").state_dict()
     wb = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{tmp_path}/b/step_000006").state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_bad_media_rows_are_replaced_logged_and_resume_exactly(demo_assets, tmp_path):
+    # one row per way a media file can fail, spread over the file; some land in the held-out rows
+    world, _ = demo_assets
+    kinds_at = {7 + 29 * i: kind for i, kind in enumerate(BAD_MEDIA)}
+    file, bad_paths = dataset_with_bad_media(os.path.join(world, "cot.json"), tmp_path, kinds_at)
+    out = tmp_path / "out"
+    common = ["sft.py", f"--data_dir={tmp_path}", f"--out_dir={out}", "--num_epochs=1", "--batch_size=32",
+              "--eval_every=2", "--n_samples=32", "--sample_tokens=4", "--save_every=2", "--keep_last=5",
+              "--max_bad_media_share=0.1"]
+    stdout = run_script(*common)
+    m = read_metrics(out)
+    steps = [x for x in m if "loss" in x]
+    assert [x["step"] for x in steps] == [1, 2, 3, 4, 5, 6] and all(math.isfinite(x["loss"]) for x in steps)
+    logged = [line.split("\t") for line in (out / "bad_media.txt").read_text().splitlines()]
+    paths = [p for _, p, _ in logged]
+    assert len(paths) == len(set(paths)) and set(paths) <= set(bad_paths.values())  # each bad file once
+    assert all(p in reason for _, p, reason in logged)                             # the reason names it
+    assert steps[-1]["bad_media"] >= len(paths) >= 4  # every epoch reads most rows: most bad files were met
+    assert f"bad media {steps[-1]['bad_media']}" in stdout
+    assert "heldout_format" in m[-1]  # the greedy samples at the end leave out held-out rows with bad media
+    # resume from step 2 into the same out_dir: the same replacements, losses, weights, and no duplicate lines
+    first_log, first_metrics = (out / "bad_media.txt").read_text(), steps
+    w6 = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{out}/step_000006").state_dict()
+    run_script(*common, f"--resume={out}/step_000002")
+    again = [x for x in read_metrics(out) if "loss" in x]
+    assert [(x["loss"], x["tokens"], x["bad_media"], x.get("val_loss")) for x in again] == \
+           [(x["loss"], x["tokens"], x["bad_media"], x.get("val_loss")) for x in first_metrics]
+    assert (out / "bad_media.txt").read_text() == first_log
+    w6_again = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{out}/step_000006").state_dict()
+    assert all(torch.equal(w6[k], w6_again[k]) for k in w6)
+
+
+@pytest.mark.slow
+def test_too_many_bad_media_rows_stop_the_run_with_a_clear_error(demo_assets, tmp_path):
+    world, _ = demo_assets
+    kinds = list(BAD_MEDIA)
+    dataset_with_bad_media(os.path.join(world, "cot.json"), tmp_path, {i: kinds[i % len(kinds)] for i in range(120)})
+    with pytest.raises(AssertionError, match=r"rows read so far had media that failed to load, more than "
+                                             r"max_bad_media_share=0.01: see .*bad_media.txt"):
+        run_script("sft.py", f"--data_dir={tmp_path}", f"--out_dir={tmp_path}/out", "--num_epochs=1",
+                   "--batch_size=32", "--eval_every=0", "--n_samples=0")

@@ -1,4 +1,5 @@
 """Tests of the T-GRPO math (hand-made tensors) and of the trainer end to end on the demo."""
+import json
 import math
 
 import pytest
@@ -226,3 +227,39 @@ def test_resume_reproduces_next_batch_and_loss(sft_run, tmp_path):
     wa = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{tmp_path}/a/step_000003").state_dict()
     wb = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{tmp_path}/b/step_000003").state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_bad_media_two_processes_replace_log_once_and_resume_exactly(sft_run, demo_assets, tmp_path):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from conftest import BAD_MEDIA, dataset_with_bad_media, read_metrics, run_script
+    world, _ = demo_assets
+    # 24 rows, the first 8 with bad media (one per kind): most steps meet some
+    file, bad_paths = dataset_with_bad_media(f"{world}/rl.json", tmp_path, dict(enumerate(BAD_MEDIA)))
+    with open(file) as f:
+        rows = json.load(f)[:24]
+    with open(file, "w") as f:
+        json.dump(rows, f)
+    bad_ids = {rows[i]["problem_id"] for i in bad_paths}
+    out = tmp_path / "out"
+    args = [f"--model_path={sft_run}", f"--data_dir={tmp_path}", f"--out_dir={out}", "--max_steps=3",
+            "--save_every=1", "--keep_last=5", "--max_bad_media_share=0.6", *RL_ARGS]
+    run_script("tgrpo.py", *args, processes=2)
+    m = read_metrics(out)
+    assert [x["step"] for x in m] == [1, 2, 3]
+    assert all(set(r0 + r1).isdisjoint(bad_ids) for r0, r1 in (x["problem_ids"] for x in m))  # never trained on
+    logged = [line.split("\t") for line in (out / "bad_media.txt").read_text().splitlines()]
+    paths = [p for _, p, _ in logged]
+    assert len(paths) == len(set(paths)) >= 2 and set(paths) <= set(bad_paths.values())  # both ranks', once each
+    assert all(p in reason for _, p, reason in logged)
+    assert m[-1]["bad_media"] >= len(paths)
+    # resume from step 2 in the same out_dir: step 3 again, identically, without duplicate lines
+    first_log = (out / "bad_media.txt").read_text()
+    w3 = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{out}/step_000003").state_dict()
+    run_script("tgrpo.py", *args, f"--resume={out}/step_000002", processes=2)
+    again = read_metrics(out)
+    for key in ("problem_ids", "loss", "reward", "bad_media", "weight_checksums"):
+        assert [x[key] for x in again] == [x[key] for x in m], key
+    assert (out / "bad_media.txt").read_text() == first_log
+    w3_again = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{out}/step_000003").state_dict()
+    assert all(torch.equal(w3[k], w3_again[k]) for k in w3)
