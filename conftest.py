@@ -10,14 +10,16 @@ import pytest
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_script(*args, processes=1, timeout=600):
-    """Run a stage script as a user would (one process, or `accelerate launch` with 2 on CPU)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+def run_script(*args, processes=1, mixed_precision="no", timeout=600):
+    """Run a stage script as a user would (one process, or `accelerate launch` with 2 on CPU);
+    mixed_precision="bf16" runs it under bf16 autocast, as on GPUs."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
+           "ACCELERATE_MIXED_PRECISION": mixed_precision}
     if processes == 1:
         cmd = [sys.executable, *args]
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-               "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+               "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", mixed_precision,
                "--dynamo_backend", "no", "--main_process_port", "29517", *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:

@@ -140,7 +140,7 @@ def main():
 
     hf, tokenizer = engine.load_model(resolve_model_path(model_path), device=device)
     if gradient_checkpointing:
-        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     rows = data.load_rows(os.path.join(data_dir, train_file), data_types=data_types, require_process=True)
     train, val = split_rows(rows)
     # length-aware batching by a cheap proxy: modality first, then characters of question + answer

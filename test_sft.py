@@ -66,6 +66,34 @@ def test_release_flag_trains_the_question_text_too(demo_assets):
     assert release[0] + tokenizer.decode(release[2]) == default[0] + tokenizer.decode(default[2])
 
 
+def test_bf16_autocast_and_checkpointing_match_fp32(demo_assets):
+    # The GPU settings on CPU: one SFT micro-batch (2 videos, 2 images) with bf16 autocast and non-reentrant
+    # activation checkpointing, against plain fp32. bf16 keeps 8 significant bits (each rounding moves a
+    # value by up to 2^-9 = 0.2%); autocast rounds matmul inputs and accumulates in fp32, so over this 2-layer
+    # model the mean loss moves by ~2e-5 (relative) and the gradient direction by ~1e-5 (1 - cosine), measured.
+    # The bounds below leave 50x of room and still catch a step computed on other inputs or targets.
+    world, tiny = demo_assets
+    rows = data.load_rows(os.path.join(world, "cot.json"), require_process=True)
+    rows = [r for r in rows if r["data_type"] == "video"][:2] + [r for r in rows if r["data_type"] == "image"][:2]
+
+    def step(bf16):
+        hf, tokenizer = engine.load_model(tiny)
+        hf.train()
+        if bf16:
+            hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        encoded = sft.collate_targets([sft.encode_row(r, tokenizer) for r in rows], tokenizer, "cpu")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = sft.target_nll(engine.VisionOnceLM(hf), encoded) / encoded[2].sum()
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in hf.parameters()])
+
+    loss32, g32 = step(False)
+    loss16, g16 = step(True)
+    assert abs(loss16 - loss32) / loss32 < 1e-3
+    assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.9995
+    assert abs(g16.norm() / g32.norm() - 1) < 0.01
+
+
 @pytest.mark.slow
 def test_sft_learns_the_demo(sft_run):
     everything = read_metrics(sft_run)
@@ -154,3 +182,28 @@ def test_too_many_bad_media_rows_stop_the_run_with_a_clear_error(demo_assets, tm
                                              r"max_bad_media_share=0.01: see .*bad_media.txt"):
         run_script("sft.py", f"--data_dir={tmp_path}", f"--out_dir={tmp_path}/out", "--num_epochs=1",
                    "--batch_size=32", "--eval_every=0", "--n_samples=0")
+
+
+@pytest.mark.slow
+def test_bf16_and_checkpointing_on_one_and_two_processes_track_fp32(demo_assets, tmp_path):
+    # sft.py under bf16 autocast with activation checkpointing, as on GPUs, on 1 and 2 processes, against fp32.
+    # Losses agree to ~1e-5 (relative, measured). The weights after 6 AdamW steps differ by ~1% of the update:
+    # Adam gives every coordinate a full-size step, and for the many whose gradient is near 0 bf16 rounding can
+    # flip its sign; so the update is compared as a whole (direction and size), not coordinate by coordinate.
+    common = ["sft.py", "--num_epochs=1", "--eval_every=0", "--n_samples=0", "--micro_batch_size=8"]
+    run_script(*common, f"--out_dir={tmp_path}/fp32", "--batch_size=32")
+    run_script(*common, f"--out_dir={tmp_path}/bf16", "--batch_size=32", "--gradient_checkpointing=True",
+               mixed_precision="bf16")
+    run_script(*common, f"--out_dir={tmp_path}/bf16x2", "--batch_size=16", "--gradient_checkpointing=True",
+               mixed_precision="bf16", processes=2)
+    fp32 = read_metrics(f"{tmp_path}/fp32")
+    start = Qwen2_5_VLForConditionalGeneration.from_pretrained(demo_assets[1]).state_dict()
+    update = lambda run: torch.cat([(w - start[k]).flatten() for k, w in Qwen2_5_VLForConditionalGeneration
+                                    .from_pretrained(f"{tmp_path}/{run}/step_000006").state_dict().items()])
+    for run in ("bf16", "bf16x2"):
+        m = read_metrics(f"{tmp_path}/{run}")
+        assert [x["tokens"] for x in m] == [x["tokens"] for x in fp32]
+        assert all(abs(x["loss"] - y["loss"]) < 1e-3 * y["loss"] for x, y in zip(m, fp32)), run
+        ours, ref = update(run), update("fp32")
+        assert torch.nn.functional.cosine_similarity(ours, ref, dim=0) > 0.999, run
+        assert (ours - ref).norm() < 0.05 * ref.norm(), run

@@ -231,7 +231,7 @@ def main():
         print(f"policy and reference start from {path}")
     hf, tokenizer = engine.load_model(path, device=device)
     if gradient_checkpointing:  # active in the updates only: generate() runs the model in eval mode
-        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     ref = None
     if beta > 0:
         ref_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
