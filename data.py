@@ -11,13 +11,15 @@ Resizing is bicubic with antialiasing on uint8 pixels, as in qwen-vl-utils (whic
 with PIL (bit-exact with the Hugging Face PIL image processor), videos with torch (what torchvision runs; fast,
 within one grey level of PIL).
 """
+import collections
 import json
 import math
-import multiprocessing
 import os
 import re
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 import av
 import decord
@@ -363,6 +365,31 @@ def _decode_problem(job):
     return (media, data_type), None
 
 
+def _decode_all(keys, settings, workers):
+    """Yield (key, MediaError message or None) for every (media, data_type) key, decoded in `workers` processes.
+    A decoder can also kill its process on a damaged file (decord has been seen to segfault and abort): the
+    files in flight are then decoded again one at a time, each in a process of its own, to name the culprit."""
+    todo = collections.deque(keys)
+    while todo:
+        in_flight = {}  # future -> key
+        try:
+            with ProcessPoolExecutor(workers, initializer=_quiet_worker) as pool:
+                while todo or in_flight:
+                    while todo and len(in_flight) < 2 * workers:
+                        key = todo.popleft()
+                        in_flight[pool.submit(_decode_problem, (key, settings))] = key
+                    for future in wait(in_flight, return_when=FIRST_COMPLETED).done:
+                        yield future.result()
+                        del in_flight[future]
+        except BrokenProcessPool:
+            for key in in_flight.values():
+                with ProcessPoolExecutor(1, initializer=_quiet_worker) as alone:
+                    try:
+                        yield alone.submit(_decode_problem, (key, settings)).result()
+                    except BrokenProcessPool:
+                        yield key, f"the decoder crashed its process on {key[0]}"
+
+
 def check_rows(path, data_root=None, require_process=False, workers=1, progress=True, **frame_settings):
     """Validate every row of a dataset file and decode every media file of the valid rows exactly as training
     reads it (frame_settings: load_frames' keywords), each distinct file once, in `workers` processes.
@@ -387,18 +414,17 @@ def check_rows(path, data_root=None, require_process=False, workers=1, progress=
         users.setdefault((_media_path(row["path"], root), row["data_type"]), []).append(i)
     t0 = shown = time.time()
     done = bad = 0
-    with multiprocessing.Pool(workers, initializer=_quiet_worker) as pool:
-        for key, reason in pool.imap_unordered(_decode_problem, [(k, frame_settings) for k in users], chunksize=4):
-            done += 1
-            if reason is not None:
-                problems += [(i, key[0], reason) for i in users[key]]
-                bad += 1
-            if progress and (time.time() - shown > 0.5 or done == len(users)):  # a progress line, twice a second
-                shown, elapsed = time.time(), time.time() - t0
-                eta = elapsed / done * (len(users) - done)
-                print(f"\rdecoded {done}/{len(users)} media files | {done / elapsed:.1f} files/s | {bad} bad | "
-                      f"{elapsed:.0f} s, ETA {eta // 3600:.0f}:{eta % 3600 // 60:02.0f}:{eta % 60:02.0f}",
-                      end="\n" if done == len(users) else "", file=sys.stderr, flush=True)
+    for key, reason in _decode_all(users, frame_settings, workers):
+        done += 1
+        if reason is not None:
+            problems += [(i, key[0], reason) for i in users[key]]
+            bad += 1
+        if progress and (time.time() - shown > 0.5 or done == len(users)):  # a progress line, twice a second
+            shown, elapsed = time.time(), time.time() - t0
+            eta = elapsed / done * (len(users) - done)
+            print(f"\rdecoded {done}/{len(users)} media files | {done / elapsed:.1f} files/s | {bad} bad | "
+                  f"{elapsed:.0f} s, ETA {eta // 3600:.0f}:{eta % 3600 // 60:02.0f}:{eta % 60:02.0f}",
+                  end="\n" if done == len(users) else "", file=sys.stderr, flush=True)
     return items, sorted(problems, key=lambda p: p[0])
 
 

@@ -1,5 +1,6 @@
 """Tests for data.py: python -m pytest test_data.py -q (CPU, a few seconds)."""
 import collections
+import multiprocessing
 import json
 import os
 import re
@@ -498,3 +499,22 @@ def test_check_reports_every_bad_row_and_writes_a_clean_copy(world, tmp_path):
     # the clean copy passes (and is what the run should use)
     items, problems = data.check_rows(str(clean), workers=1, progress=False, max_frames=8)
     assert len(items) == 30 and problems == []
+
+
+def test_check_names_a_file_that_crashes_the_decoder(world, tmp_path, monkeypatch):
+    # decord has been seen to segfault or abort on damaged files, killing the process: the check must survive
+    # that, name the file, and finish the others. Simulated by a load_frames that kills its process on one path
+    # (the workers are forked, so they inherit the patch).
+    out, files = world
+    rows = [dict(r, path=str(out / r["path"])) for r in files["rl"][:12]]
+    crash = rows[5]["path"]
+    (tmp_path / "rl.json").write_text(json.dumps(rows))
+    real = data.load_frames
+    monkeypatch.setattr(data, "load_frames", lambda row, **kw: os.abort() if row["media"] == crash else real(row, **kw))
+    method = multiprocessing.get_start_method()
+    multiprocessing.set_start_method("fork", force=True)
+    try:
+        items, problems = data.check_rows(str(tmp_path / "rl.json"), workers=2, progress=False, max_frames=8)
+    finally:
+        multiprocessing.set_start_method(method, force=True)
+    assert len(items) == 12 and problems == [(5, crash, f"the decoder crashed its process on {crash}")]
