@@ -36,9 +36,9 @@ def test_zero_spread_groups_are_exactly_zero_and_others_untouched(value, G, othe
     adv = group_advantages(rewards)
     assert torch.equal(adv[0], torch.zeros(G))   # exactly 0, not 1e-3
     assert tgrpo.zero_spread(rewards)[:, 0].tolist() == [True, len(set(other)) == 1]
-    if len(set(other)) > 1:                      # the others: the formula of SPEC 3, unchanged
-        x = rewards[1]
-        assert torch.equal(adv[1], (x - x.mean()) / (x.std() + 1e-4))
+    if len(set(other)) > 1:                      # the others: exactly the formula of SPEC 3
+        formula = (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)  # [2, G]
+        assert torch.equal(adv[1], formula[1])
     else:
         assert torch.equal(adv[1], torch.zeros(G))
 
