@@ -261,10 +261,11 @@ def show_samples(hf, tokenizer, rows, device, metrics_log):
     loaded = []
     for r in rows:
         try:
-            loaded.append((r, data.make_visual(*data.load_frames(r, max_frames, fps, video_min_pixels,
-                                                                 video_max_pixels, image_min_pixels, image_max_pixels))))
+            frames, spt = data.load_frames(r, max_frames, fps, video_min_pixels, video_max_pixels,
+                                           image_min_pixels, image_max_pixels)  # [T, 3, H, W]
         except data.MediaError:
             continue
+        loaded.append((r, data.make_visual(frames, spt)))
     rows, visuals = [r for r, _ in loaded], [v for _, v in loaded]
     prompts = [data.prompt_text(r, question_template) for r in rows]
     batch = data.collate(prompts, visuals, tokenizer)

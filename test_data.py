@@ -4,6 +4,7 @@ import multiprocessing
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -503,14 +504,15 @@ def test_check_reports_every_bad_row_and_writes_a_clean_copy(world, tmp_path):
 
 def test_check_names_a_file_that_crashes_the_decoder(world, tmp_path, monkeypatch):
     # decord has been seen to segfault or abort on damaged files, killing the process: the check must survive
-    # that, name the file, and finish the others. Simulated by a load_frames that kills its process on one path
-    # (the workers are forked, so they inherit the patch).
+    # that, name the file, and finish the others. Simulated by a load_frames that kills its process (SIGKILL)
+    # on one path (the workers are forked, so they inherit the patch).
     out, files = world
     rows = [dict(r, path=str(out / r["path"])) for r in files["rl"][:12]]
     crash = rows[5]["path"]
     (tmp_path / "rl.json").write_text(json.dumps(rows))
     real = data.load_frames
-    monkeypatch.setattr(data, "load_frames", lambda row, **kw: os.abort() if row["media"] == crash else real(row, **kw))
+    monkeypatch.setattr(data, "load_frames", lambda row, **kw: os.kill(os.getpid(), signal.SIGKILL)
+                        if row["media"] == crash else real(row, **kw))
     method = multiprocessing.get_start_method()
     multiprocessing.set_start_method("fork", force=True)
     try:
