@@ -1,5 +1,5 @@
 """
-Checkpoints and metrics shared by sft.py and tgrpo.py.
+Checkpoints, metrics and the handling of unusable rows, shared by sft.py and tgrpo.py.
 
 A checkpoint is a folder `out_dir/step_000100/` holding
   - the model and tokenizer in the Hugging Face layout (load it anywhere with from_pretrained),
@@ -15,6 +15,11 @@ import os
 import re
 import shutil
 import time
+
+import torch
+from accelerate.utils import gather_object
+
+from data import MediaError
 
 STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -89,6 +94,18 @@ def hf_model(model):
     return getattr(model, "hf", model)
 
 
+def _keep_until(path, resume_step, step_of):
+    """Rewrite a per-step log keeping the lines of steps <= resume_step (later steps will run again);
+    a fresh run (resume_step 0) starts it empty."""
+    lines = []
+    if resume_step and os.path.exists(path):
+        with open(path) as f:
+            lines = [l for l in f if l.strip() and step_of(l) <= resume_step]
+    with open(path, "w") as f:
+        f.writelines(lines)
+    return lines
+
+
 class MetricsLog:
     """One JSON line per step in out_dir/metrics.jsonl, plus the accelerate trackers when enabled."""
 
@@ -97,13 +114,7 @@ class MetricsLog:
         self.path = os.path.join(out_dir, "metrics.jsonl")
         if accelerator.is_main_process:
             os.makedirs(out_dir, exist_ok=True)
-            lines = []
-            if resume_step and os.path.exists(self.path):
-                # keep the steps up to the checkpoint we resume from: later ones will run again
-                with open(self.path) as f:
-                    lines = [l for l in f if l.strip() and json.loads(l).get("step", 0) <= resume_step]
-            with open(self.path, "w") as f:
-                f.writelines(lines)
+            _keep_until(self.path, resume_step, lambda line: json.loads(line).get("step", 0))
 
     def log(self, metrics):
         if self.accelerator.is_main_process:
@@ -111,3 +122,69 @@ class MetricsLog:
                 f.write(json.dumps(metrics) + "\n")
         self.accelerator.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))},
                              step=metrics.get("step"))
+
+
+def encode_or_replace(row, rows, encode, generator, tries=100):
+    """encode(row), or, when the row cannot be used, encode(r) for seeded random rows r of `rows` until one
+    works: the row's media failed to load (data.MediaError), or encode returned None (e.g. a prompt over the
+    length limit). A bad row costs one sample, not the run; every rank keeps the same amount of work; and the
+    replacements are a pure function of `generator`, so a resumed run replaces the same rows.
+
+    Returns (row, encoded, rejected, bad): the row used, its encoding, how many rows encode returned None for,
+    and [(media path, reason)] of the rows whose media failed.
+    """
+    rejected, bad = 0, []
+    for _ in range(tries):
+        try:
+            encoded = encode(row)
+        except MediaError as e:
+            bad.append((row["media"], str(e)))
+        else:
+            if encoded is not None:
+                return row, encoded, rejected, bad
+            rejected += 1
+        row = rows[torch.randint(len(rows), (1,), generator=generator).item()]
+    last = f"; the last bad media: {bad[-1][1]}" if bad else ""
+    raise ValueError(f"{tries} rows in a row could not be used: {rejected} rejected (too long), "
+                     f"{len(bad)} with bad media{last}")
+
+
+MIN_BAD_MEDIA = 10  # the share is judged from this many bad rows on: 1 bad row of a first step's 8 is not 12%
+
+
+class BadMediaLog:
+    """Rows replaced because their media failed to load. Counted over all ranks (and across a resume), each bad
+    file written once to out_dir/bad_media.txt as "step<TAB>path<TAB>reason", and the run stopped with a clear
+    error once more than `max_share` of the rows read so far had bad media (from MIN_BAD_MEDIA of them on)."""
+
+    def __init__(self, accelerator, out_dir, max_share, resume_step=0, state=None):
+        self.accelerator, self.max_share = accelerator, max_share
+        self.path = os.path.join(out_dir, "bad_media.txt")
+        self.bad, self.read = (state or {}).get("bad_media", 0), (state or {}).get("rows_read", 0)
+        self.written = set()
+        if accelerator.is_main_process:
+            os.makedirs(out_dir, exist_ok=True)
+            kept = _keep_until(self.path, resume_step, lambda line: int(line.split("\t", 1)[0]))
+            self.written = {line.split("\t")[1] for line in kept}
+
+    def update(self, step, bad, n_read):
+        """Every rank calls this once per step: `bad` = [(path, reason)] of its replaced rows, n_read = rows it
+        read (used or not). Collective: counts are summed over ranks, paths gathered to the main process."""
+        counts = torch.tensor([len(bad), n_read], device=self.accelerator.device)
+        n_bad, n = (int(x) for x in self.accelerator.reduce(counts, "sum").tolist())
+        self.bad, self.read = self.bad + n_bad, self.read + n
+        if n_bad:
+            entries = gather_object(list(bad))
+            if self.accelerator.is_main_process:
+                with open(self.path, "a") as f:
+                    for path, reason in entries:
+                        if path not in self.written:
+                            self.written.add(path)
+                            f.write(f"{step}\t{path}\t{' '.join(reason.split())}\n")
+        if self.bad > max(MIN_BAD_MEDIA, self.max_share * self.read):
+            raise RuntimeError(f"{self.bad} of the {self.read} rows read so far had media that failed to load, more "
+                               f"than max_bad_media_share={self.max_share}: see {self.path}. Fix or drop those rows "
+                               f"(python data.py check FILE --clean=...) or raise max_bad_media_share, then resume.")
+
+    def state(self):
+        return {"bad_media": self.bad, "rows_read": self.read}

@@ -1,6 +1,7 @@
 """Shared fixtures: the demo assets (built once, in demo/) and a short SFT run the RL tests start from."""
 import json
 import os
+import random
 import subprocess
 import sys
 
@@ -9,14 +10,16 @@ import pytest
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_script(*args, processes=1, timeout=600):
-    """Run a stage script as a user would (one process, or `accelerate launch` with 2 on CPU)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+def run_script(*args, processes=1, mixed_precision="no", timeout=600):
+    """Run a stage script as a user would (one process, or `accelerate launch` with 2 on CPU);
+    mixed_precision="bf16" runs it under bf16 autocast, as on GPUs."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
+           "ACCELERATE_MIXED_PRECISION": mixed_precision}
     if processes == 1:
         cmd = [sys.executable, *args]
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-               "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+               "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", mixed_precision,
                "--dynamo_backend", "no", "--main_process_port", "29517", *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
@@ -47,3 +50,59 @@ def sft_run(demo_assets, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("sft"))
     run_script("sft.py", f"--out_dir={out}", "--num_epochs=20", "--n_samples=16", "--sample_tokens=96")
     return out
+
+
+# Every way a media file can fail: (file name, the data_type its row claims). Made by bad_media().
+BAD_MEDIA = {
+    "damaged frames": ("damaged.mp4", "video"),      # opens (container and index intact), frames fail to decode
+    "truncated video": ("truncated.mp4", "video"),   # the first half of the file
+    "zero bytes": ("empty.mp4", "video"),
+    "image named .mp4": ("image.mp4", "video"),      # wrong extension: a PNG where a video should be
+    "video named .png": ("video.png", "image"),      # and an MP4 where an image should be
+    "missing": ("missing.mp4", "video"),
+    "truncated image": ("truncated.png", "image"),   # PIL reads the header, then runs out of pixel data
+    "not an image": ("garbage.png", "image"),        # PIL cannot identify it
+}
+
+
+def bad_media(folder, video, image):
+    """Write the files of BAD_MEDIA into `folder`, derived from a good demo `video` and `image`;
+    returns {kind: absolute path} (the "missing" path is not written)."""
+    with open(video, "rb") as f:
+        mp4 = f.read()
+    with open(image, "rb") as f:
+        png = f.read()
+    damaged = bytearray(mp4)
+    mid, rng = len(mp4) // 2, random.Random(0)
+    damaged[mid - 100:mid + 100] = bytes(rng.randrange(256) for _ in range(200))  # 200 bytes of frame data
+    content = {"damaged frames": bytes(damaged), "truncated video": mp4[:len(mp4) // 2], "zero bytes": b"",
+               "image named .mp4": png, "video named .png": mp4, "missing": None,
+               "truncated image": png[:len(png) // 2], "not an image": b"this is not an image" * 20}
+    paths = {}
+    for kind, (name, _) in BAD_MEDIA.items():
+        paths[kind] = os.path.join(str(folder), name)
+        if content[kind] is not None:
+            with open(paths[kind], "wb") as f:
+                f.write(content[kind])
+    return paths
+
+
+def dataset_with_bad_media(src_json, folder, kinds_at):
+    """Copy a dataset file into `folder` with absolute media paths, then point the rows {index: kind} at the
+    bad files of that kind (their data_type as BAD_MEDIA says). Returns (json path, {index: bad path})."""
+    with open(src_json) as f:
+        rows = json.load(f)
+    root = os.path.dirname(os.path.abspath(src_json))
+    for row in rows:
+        row["path"] = os.path.join(root, row["path"][2:])
+    video = next(r["path"] for r in rows if r["data_type"] == "video")
+    image = next(r["path"] for r in rows if r["data_type"] == "image")
+    paths = bad_media(folder, video, image)
+    bad = {}
+    for i, kind in kinds_at.items():
+        rows[i]["path"], rows[i]["data_type"] = paths[kind], BAD_MEDIA[kind][1]
+        bad[i] = paths[kind]
+    out = os.path.join(str(folder), os.path.basename(src_json))
+    with open(out, "w") as f:
+        json.dump(rows, f)
+    return out, bad

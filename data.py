@@ -11,9 +11,15 @@ Resizing is bicubic with antialiasing on uint8 pixels, as in qwen-vl-utils (whic
 with PIL (bit-exact with the Hugging Face PIL image processor), videos with torch (what torchvision runs; fast,
 within one grey level of PIL).
 """
+import collections
 import json
 import math
 import os
+import re
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 import decord
 import numpy as np
@@ -106,9 +112,13 @@ def load_rows(path, data_root=None, data_types=None, problem_types=None, limit=N
             continue
         if problem_types is not None and row["problem_type"] not in problem_types:
             continue
-        rel = row["path"][2:] if row["path"].startswith("./") else row["path"]
-        rows.append(dict(row, media=os.path.join(root, rel)))
+        rows.append(dict(row, media=_media_path(row["path"], root)))
     return rows
+
+
+def _media_path(path, root):
+    """A row's `path` ("./videos/v1.mp4", relative to the dataset root; absolute paths stay) -> a file path."""
+    return os.path.join(root, path[2:] if path.startswith("./") else path)
 
 
 def question_text(row):
@@ -172,15 +182,33 @@ def video_frame_indices(total_frames, video_fps, max_frames, fps=2.0, min_frames
     return torch.linspace(0, total_frames - 1, n).round().long().tolist()
 
 
+class MediaError(ValueError):
+    """A media file that cannot be used (missing, empty, damaged, not what its row says); the message names
+    the path. Training skips such a row and replaces it, evaluation records it; neither stops."""
+
+
+def _reason(e):
+    """One readable line from a decoder error: decord prefixes its messages with C++ source positions."""
+    text = re.sub(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ", "", str(e))
+    return f"{type(e).__name__}: {' '.join(text.split())}"
+
+
+def _check_file(path, kind):
+    if not os.path.isfile(path):
+        raise MediaError(f"{kind} not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise MediaError(f"{kind} is an empty file: {path}")
+
+
 def load_video(path, max_frames=16, fps=2.0, min_pixels=VIDEO_MIN_PIXELS, max_pixels=128 * 28 * 28):
     """Decode the frames picked by video_frame_indices -> (frames [T,3,H,W] in [0,1], second_per_grid_t).
 
     second_per_grid_t = seconds covered by one 2-frame patch; a 4 s clip sampled at 8 frames -> 2/(8/4) = 1.0.
     A max_pixels below min_pixels wins: load_video(p, max_pixels=56*56) gives 56x56 frames, not upscaled ones.
+    Raises MediaError for a missing, empty, damaged or too short file.
     """
     min_pixels = min(min_pixels, max_pixels)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"video not found: {path}")
+    _check_file(path, "video")
     try:
         vr = decord.VideoReader(path)
         total, native_fps = len(vr), vr.get_avg_fps()
@@ -188,8 +216,11 @@ def load_video(path, max_frames=16, fps=2.0, min_pixels=VIDEO_MIN_PIXELS, max_pi
             raise ValueError(f"bad frame rate {native_fps}")
         frames = vr.get_batch(video_frame_indices(total, native_fps, max_frames, fps)).asnumpy()  # [T,H,W,3] uint8
         h, w = smart_resize(frames.shape[1], frames.shape[2], min_pixels, max_pixels)
-    except (RuntimeError, ValueError) as e:  # decord raises RuntimeError for unreadable files
-        raise ValueError(f"cannot decode video {path}: {e}") from e
+    # Whatever fails here is the file's fault: decord raises RuntimeError when it cannot open a file and
+    # DECORDError (a plain Exception) when the metadata or frame data are damaged; video_frame_indices and
+    # smart_resize raise ValueError for a video too short or too thin to use.
+    except Exception as e:
+        raise MediaError(f"cannot decode video {path}: {_reason(e)}") from e
     frames = torch.from_numpy(frames).permute(0, 3, 1, 2)  # [T,3,H,W] uint8
     if (h, w) != frames.shape[2:]:
         frames = torch.nn.functional.interpolate(frames, size=(h, w), mode="bicubic", antialias=True)  # [T,3,h,w]
@@ -198,9 +229,9 @@ def load_video(path, max_frames=16, fps=2.0, min_pixels=VIDEO_MIN_PIXELS, max_pi
 
 
 def load_image(path, min_pixels=4 * 28 * 28, max_pixels=256 * 28 * 28):
-    """Read an image as RGB (transparency composited on white) -> frames [1,3,H,W] in [0,1]."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image not found: {path}")
+    """Read an image as RGB (transparency composited on white) -> frames [1,3,H,W] in [0,1].
+    Raises MediaError for a missing, empty or damaged file, or one that is not an image."""
+    _check_file(path, "image")
     try:
         with Image.open(path) as img:
             if img.mode in ("RGBA", "LA") or "transparency" in img.info:
@@ -208,8 +239,11 @@ def load_image(path, min_pixels=4 * 28 * 28, max_pixels=256 * 28 * 28):
             img = img.convert("RGB")
             h, w = smart_resize(img.height, img.width, min_pixels, max_pixels)
             pixels = np.array(img.resize((w, h), Image.BICUBIC))  # [h,w,3] uint8; no-op when the size is right
-    except (OSError, ValueError) as e:  # PIL raises UnidentifiedImageError (an OSError) for garbage
-        raise ValueError(f"cannot decode image {path}: {e}") from e
+    # PIL raises UnidentifiedImageError (an OSError) for what it cannot open, OSError for truncated or damaged
+    # pixel data, DecompressionBombError (a plain Exception) for huge images, and more from its plugins;
+    # smart_resize ValueError for a sliver. All are the file's fault.
+    except Exception as e:
+        raise MediaError(f"cannot decode image {path}: {_reason(e)}") from e
     return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255  # [1,3,h,w]
 
 
@@ -257,7 +291,8 @@ def shuffle_frames(frames, generator, level="frame"):
 
 def load_frames(row, max_frames=16, fps=2.0, video_min_pixels=VIDEO_MIN_PIXELS, video_max_pixels=128 * 28 * 28,
                 image_min_pixels=4 * 28 * 28, image_max_pixels=256 * 28 * 28):
-    """Frames of a loaded row -> (frames [T,3,H,W], second_per_grid_t for videos or None for images)."""
+    """Frames of a loaded row -> (frames [T,3,H,W], second_per_grid_t for videos or None for images).
+    Raises MediaError (naming the file) when the media cannot be used."""
     if row["data_type"] == "video":
         return load_video(row["media"], max_frames, fps, video_min_pixels, video_max_pixels)
     return load_image(row["media"], image_min_pixels, image_max_pixels), None
@@ -300,3 +335,135 @@ def collate(prompts, visuals, tokenizer):
         input_ids[b, L - len(s):] = torch.tensor(s)
         attention_mask[b, L - len(s):] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "visuals": list(visuals)}
+# ---------------------------------------------------------------------------- checking a dataset file
+# python data.py check FILE [--key=value ...]: every row validated, every media file decoded with the frame
+# settings training will use, in parallel; a report of the bad rows, a non-zero exit when there are any, and
+# optionally a clean copy without them. Run it before a long run: a bad file then costs nothing.
+CHECK_DEFAULTS = dict(                  # the knobs of `python data.py check`
+    data_dir=None,                      # media root (default: the file's folder, as training)
+    max_frames=16, fps=2.0,             # the frame settings of the run to check for (default: the paper's)
+    video_min_pixels=VIDEO_MIN_PIXELS, video_max_pixels=128 * 28 * 28,
+    image_min_pixels=4 * 28 * 28, image_max_pixels=256 * 28 * 28,
+    require_process=False,              # True for the SFT (COT) file: every row needs its <think> process
+    workers=os.cpu_count() or 1,        # decoding processes
+    report="",                          # report path (default: <file name>.check.tsv in the current folder)
+    clean="",                           # also write the file without its bad rows to this path
+)
+
+
+def _quiet_worker():
+    torch.set_num_threads(1)  # the workers are the parallelism
+    # decord and ffmpeg print to stderr for every damaged file, over the progress line; the report keeps the reasons
+    decord.logging.set_level(decord.logging.QUIET)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+
+
+def _decode_problem(job):
+    """Worker: ((media, data_type), load_frames settings) -> ((media, data_type), MediaError message or None)."""
+    (media, data_type), settings = job
+    try:
+        load_frames({"media": media, "data_type": data_type}, **settings)
+    except MediaError as e:
+        return (media, data_type), str(e)
+    return (media, data_type), None
+
+
+def _decode_all(keys, settings, workers):
+    """Yield (key, MediaError message or None) for every (media, data_type) key, decoded in `workers` processes.
+    A decoder can also kill its process on a damaged file (decord has been seen to segfault and abort): the
+    files in flight are then decoded again one at a time, each in a process of its own, to name the culprit."""
+    todo = collections.deque(keys)
+    while todo:
+        in_flight = {}  # future -> key
+        try:
+            with ProcessPoolExecutor(workers, initializer=_quiet_worker) as pool:
+                while todo or in_flight:
+                    while todo and len(in_flight) < 2 * workers:
+                        key = todo.popleft()
+                        in_flight[pool.submit(_decode_problem, (key, settings))] = key
+                    for future in wait(in_flight, return_when=FIRST_COMPLETED).done:
+                        yield future.result()
+                        del in_flight[future]
+        except BrokenProcessPool:
+            for key in in_flight.values():
+                with ProcessPoolExecutor(1, initializer=_quiet_worker) as alone:
+                    try:
+                        yield alone.submit(_decode_problem, (key, settings)).result()
+                    except BrokenProcessPool:
+                        yield key, f"the decoder crashed its process on {key[0]}"
+
+
+def check_rows(path, data_root=None, require_process=False, workers=1, progress=True, **frame_settings):
+    """Validate every row of a dataset file and decode every media file of the valid rows exactly as training
+    reads it (frame_settings: load_frames' keywords), each distinct file once, in `workers` processes.
+
+    Returns (items, problems): the file's rows, and one (row index, field or media path, reason) per bad row,
+    in row order. E.g. [(3, "problem_type", "unknown value 'mcq'"), (7, "/d/videos/v7.mp4", "video not found: ...")].
+    """
+    with open(path) as f:
+        items = json.load(f)  # a file that is not a JSON list stops here: no row can be checked
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: expected a JSON list of rows, got {type(items).__name__}")
+    root = os.path.dirname(os.path.abspath(path)) if data_root is None else os.path.abspath(data_root)
+    problems, users = [], {}  # users: (media, data_type) -> indices of the rows that read it
+    for i, row in enumerate(items):
+        where = f"{path}: row {i}"
+        try:
+            _check_row(row, where, require_process)
+        except ValueError as e:
+            m = re.match(r"field '(\w+)': (.*)", str(e)[len(where) + 2:], re.DOTALL)
+            problems.append((i, m.group(1), m.group(2)) if m else (i, "row", str(e)[len(where) + 2:]))
+            continue
+        users.setdefault((_media_path(row["path"], root), row["data_type"]), []).append(i)
+    t0 = shown = time.time()
+    done = bad = 0
+    for key, reason in _decode_all(users, frame_settings, workers):
+        done += 1
+        if reason is not None:
+            problems += [(i, key[0], reason) for i in users[key]]
+            bad += 1
+        if progress and (time.time() - shown > 0.5 or done == len(users)):  # a progress line, twice a second
+            shown, elapsed = time.time(), time.time() - t0
+            eta = elapsed / done * (len(users) - done)
+            print(f"\rdecoded {done}/{len(users)} media files | {done / elapsed:.1f} files/s | {bad} bad | "
+                  f"{elapsed:.0f} s, ETA {eta // 3600:.0f}:{eta % 3600 // 60:02.0f}:{eta % 60:02.0f}",
+                  end="\n" if done == len(users) else "", file=sys.stderr, flush=True)
+    return items, sorted(problems, key=lambda p: p[0])
+
+
+def check_main(argv):
+    """`python data.py check FILE [--key=value ...]` (knobs: CHECK_DEFAULTS). Returns the exit status:
+    0 when every row is fine, 1 when any is bad."""
+    from configurator import configure
+
+    if not argv or argv[0].startswith("--"):
+        raise SystemExit("usage: python data.py check FILE.json [--data_dir=...] [--max_frames=16] [--fps=2.0] "
+                         "[--video_max_pixels=...] [--workers=N] [--report=bad.tsv] [--clean=FILE.clean.json]")
+    file, opts = argv[0], dict(CHECK_DEFAULTS)
+    print("check:", configure(opts, argv[1:]))
+    settings = {k: opts[k] for k in ("max_frames", "fps", "video_min_pixels", "video_max_pixels",
+                                     "image_min_pixels", "image_max_pixels")}
+    t0 = time.time()
+    items, problems = check_rows(file, opts["data_dir"], opts["require_process"], opts["workers"], **settings)
+    seconds = time.time() - t0
+    report = opts["report"] or os.path.splitext(os.path.basename(file))[0] + ".check.tsv"
+    with open(report, "w") as f:
+        f.write("file\trow\tfield_or_path\treason\n")
+        f.writelines(f"{file}\t{i}\t{where}\t{' '.join(reason.split())}\n" for i, where, reason in problems)
+    bad_rows = sorted({i for i, _, _ in problems})
+    for i, where, reason in problems[:10]:
+        print(f"row {i}: {where}: {reason}")
+    print(f"{file}: {len(items)} rows, {len(bad_rows)} bad ({len(items) / seconds:.1f} rows/s over {seconds:.1f} s, "
+          f"{opts['workers']} workers); report: {report}")
+    if opts["clean"]:
+        bad = set(bad_rows)
+        with open(opts["clean"], "w") as f:
+            json.dump([row for i, row in enumerate(items) if i not in bad], f, ensure_ascii=False)
+        print(f"wrote {len(items) - len(bad)} good rows to {opts['clean']}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["check"]:
+        raise SystemExit("usage: python data.py check FILE.json [--key=value ...]")
+    sys.exit(check_main(sys.argv[2:]))

@@ -81,7 +81,6 @@ TEMPORAL_WORDS = ("first", "then", "after", "afterwards", "before", "later", "ea
                   "initially", "eventually", "meanwhile")
 TEMPORAL_RE = re.compile(r"\b(?:" + "|".join(TEMPORAL_WORDS) + r")\b", re.IGNORECASE)
 THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
-MEDIA_ERRORS = (OSError, ValueError)  # what data.load_frames raises for a missing or undecodable file
 # settings that change the answers: resuming into an out_dir made with others would mix two runs
 RESULT_KEYS = ("model_path", "template", "max_new_tokens", "temperature", "top_p", "seed", "max_frames",
                "fps", "video_min_pixels", "video_max_pixels", "image_min_pixels", "image_max_pixels",
@@ -288,8 +287,8 @@ def main():
                 if (name, i) not in loaded:  # the ordered and shuffled job of a row share one decode
                     loaded[(name, i)] = data.load_frames(row, max_frames, fps, video_min_pixels,
                                                          video_max_pixels, image_min_pixels, image_max_pixels)
-            except MEDIA_ERRORS as e:
-                rec.update(status="error", error=f"{type(e).__name__}: {e}")
+            except data.MediaError as e:  # missing, empty, damaged: this answer only
+                rec.update(status="error", error=str(e))
                 continue
             frames, spt = loaded[(name, i)]                              # [T, 3, H, W]
             if shuffled:  # one seeded permutation per row: reruns and resumes see the same order
@@ -333,6 +332,10 @@ def main():
         records = [found[k] for k in sorted(expected, key=str) if k in found]
         if len(records) < len(expected):
             print(f"warning: {len(expected) - len(records)} answers missing from {out_dir}")
+        errors = [r for r in records if r["status"] == "error"]
+        if errors:
+            print(f"{len(errors)} answers have no result because their media failed to load (left out of the "
+                  f"scores, tried again on the next run):\n" + "\n".join(r["error"] for r in errors[:20]))
         summary = summarize(records)
         table = markdown(summary, shuffle)
         with open(os.path.join(out_dir, "summary.json"), "w") as f:

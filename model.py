@@ -325,6 +325,19 @@ def sample_next(logits, temperature, top_p, generator):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [R]
 
 
+class RolloutCache(StaticCache):
+    """A StaticCache that stores new keys and values in the dtype of its buffers. Under autocast (fp32 weights,
+    bf16 compute: the policy during T-GRPO rollouts) k_proj and v_proj give bf16 but RoPE's float32 cos/sin
+    turn the keys back into float32, so a decoding step brings float32 keys and bf16 values, which a plain
+    StaticCache (buffers of one dtype, float32 from the prefill) refuses to copy."""
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        layer = self.layers[layer_idx]
+        if layer.is_initialized:
+            key_states, value_states = key_states.to(layer.keys.dtype), value_states.to(layer.values.dtype)
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+
 def generate(model, batch, n, max_new_tokens, temperature=1.0, top_p=1.0, generator=None, stop_ids=None):
     """Sample n completions for each of P prompts with a KV cache, prompts prefilled once.
 
@@ -365,7 +378,7 @@ def generate(model, batch, n, max_new_tokens, temperature=1.0, top_p=1.0, genera
             L = input_ids.shape[1]
             # each prompt's cache copied into its n rows, in a cache preallocated for the whole rollout
             # (a growing cache would copy all keys and values at every step)
-            cache = StaticCache(config=model.config, max_cache_len=L + max_new_tokens)
+            cache = RolloutCache(config=model.config, max_cache_len=L + max_new_tokens)
             for layer, prefilled in zip(cache.layers, out.past_key_values.layers):
                 layer.update(prefilled.keys[prompt_index], prefilled.values[prompt_index])  # [R, H, L, d]
             logits = model.lm_head(out.last_hidden_state[prompt_index, -1])  # [R, V]

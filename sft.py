@@ -35,7 +35,8 @@ image_min_pixels = 112 * 112            # demo: 16 tokens an image; paper 4*28*2
 image_max_pixels = 112 * 112            # paper: 256*28*28
 question_template = "train"             # "plain": the question alone (the demo's perception warm-up)
 target_format = "cot"                   # "cot": process + "\n" + solution (SPEC 4); "answer": the answer text alone
-max_length = 4096                       # longer samples are skipped and counted, never truncated
+max_length = 4096                       # longer samples are skipped, counted and replaced, never truncated
+max_bad_media_share = 0.01              # rows whose media fail to load are replaced; stop past this share of them
 train_prompt_tokens = False             # True: also train the question text (the release, roughly)
 # optimisation
 num_epochs = 30                         # paper: 1 (165k rows); the demo world is small
@@ -47,7 +48,7 @@ adam_betas = (0.9, 0.999)
 adam_eps = 1e-8
 warmup_steps = 20
 grad_clip = 5.0
-gradient_checkpointing = True           # on GPU; ignored on CPU
+gradient_checkpointing = False          # recompute activations in the backward pass (paper: True; slower)
 seed = 42
 # logging and checkpoints
 log_with = None
@@ -66,7 +67,8 @@ from accelerate import Accelerator
 
 import data
 import model as engine
-from checkpoint import MetricsLog, load_checkpoint, resolve_model_path, resolve_resume, save_checkpoint
+from checkpoint import (BadMediaLog, MetricsLog, encode_or_replace, load_checkpoint, resolve_model_path,
+                        resolve_resume, save_checkpoint)
 from demo import ensure_demo_assets
 from rewards import accuracy_reward, extract_answer, format_reward
 
@@ -93,8 +95,9 @@ def length_batches(lengths, batch, epoch):
 
 
 def encode_row(row, tokenizer):
-    """One sample -> (prompt text, visual, target ids), or None when longer than max_length.
-    With train_prompt_tokens the question text after the vision block moves into the target."""
+    """One sample -> (prompt text, visual, target ids), or None when longer than max_length; raises
+    data.MediaError when its media cannot be loaded. With train_prompt_tokens the question text after the
+    vision block moves into the target."""
     frames, spt = data.load_frames(row, max_frames, fps, video_min_pixels, video_max_pixels,
                                    image_min_pixels, image_max_pixels)
     visual = data.make_visual(frames, spt)
@@ -138,8 +141,8 @@ def main():
     accelerator.wait_for_everyone()
 
     hf, tokenizer = engine.load_model(resolve_model_path(model_path), device=device)
-    if gradient_checkpointing and device.type == "cuda":
-        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if gradient_checkpointing:
+        hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     rows = data.load_rows(os.path.join(data_dir, train_file), data_types=data_types,
                           require_process=target_format == "cot")
     train, val = split_rows(rows)
@@ -163,41 +166,53 @@ def main():
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warm)
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
 
-    start_step, skipped_updates = 0, 0
+    start_step, skipped_updates, bad_media_state = 0, 0, None
     resume_path = resolve_resume(resume, out_dir)
     if resume_path:
         state = load_checkpoint(accelerator, resume_path)
         start_step, skipped_updates, skipped = state["step"], state["skipped_updates"], state["skipped_samples"]
+        bad_media_state = state.get("bad_media_state")
     if log_with:
         accelerator.init_trackers("sft", config=config)
     metrics_log = MetricsLog(accelerator, out_dir, resume_step=start_step)
+    bad_media = BadMediaLog(accelerator, out_dir, max_bad_media_share, resume_step=start_step, state=bad_media_state)
+    encode = lambda row: encode_row(row, tokenizer)
     if master:
         print(f"{len(train)} train rows, {len(val)} held out, "
               f"{max_steps} steps of {batch_size} x {world} samples")
 
     def validate():
+        """(mean NLL over the held-out targets, bad media, rows read); unusable held-out rows are replaced by
+        other held-out rows, the same ones at every validation."""
         policy.eval()
         nll, count = torch.zeros((), device=device), torch.zeros((), device=device)
+        gen, bad, n_read = torch.Generator().manual_seed(seed + rank), [], 0
         with torch.no_grad():
             for i in range(rank * micro_batch_size, len(val), world * micro_batch_size):
-                samples = [e for r in val[i:i + micro_batch_size] if (e := encode_row(r, tokenizer))]
+                samples = []
+                for row in val[i:i + micro_batch_size]:
+                    _, e, too_long, row_bad = encode_or_replace(row, val, encode, gen)
+                    samples.append(e)
+                    bad, n_read = bad + row_bad, n_read + 1 + too_long + len(row_bad)
                 encoded = collate_targets(samples, tokenizer, device)
                 nll, count = nll + target_nll(policy, encoded), count + encoded[2].sum()
         policy.train()
-        return (accelerator.reduce(nll, "sum") / accelerator.reduce(count, "sum").clamp(min=1)).item()
+        return (accelerator.reduce(nll, "sum") / accelerator.reduce(count, "sum").clamp(min=1)).item(), bad, n_read
 
     for step in range(start_step, max_steps):
         t0 = time.time()
         epoch, j = divmod(step, steps_per_epoch)
         step_rows = [train[i] for i in length_batches(lengths, batch_size * world, epoch)[j][rank::world]]
-        # a sample longer than max_length is skipped, counted, and replaced by a random one that fits
+        # a sample longer than max_length or whose media fail to load is skipped, counted, and replaced by
+        # a seeded random one (the same on resume)
         gen = torch.Generator().manual_seed(seed + 1_000_003 * step + 7_919 * rank)
-        samples = []
+        samples, bad, n_read = [], [], 0
         for row in step_rows:
-            while (e := encode_row(row, tokenizer)) is None:
-                skipped += 1
-                row = train[torch.randint(len(train), (1,), generator=gen).item()]
+            _, e, too_long, row_bad = encode_or_replace(row, train, encode, gen)
             samples.append(e)
+            skipped += too_long
+            bad += row_bad
+            n_read += 1 + too_long + len(row_bad)
         chunks = [collate_targets(samples[i:i + micro_batch_size], tokenizer, device)
                   for i in range(0, len(samples), micro_batch_size)]
         # the loss is the mean over the target tokens of all ranks: DDP averages gradients over
@@ -225,16 +240,19 @@ def main():
                    "skipped_updates": skipped_updates,
                    "t_step": time.time() - t0}
         if eval_every and ((step + 1) % eval_every == 0 or step + 1 == max_steps):
-            metrics["val_loss"] = validate()
+            metrics["val_loss"], val_bad, val_read = validate()
+            bad, n_read = bad + val_bad, n_read + val_read
+        bad_media.update(step + 1, bad, n_read)  # stops the run past max_bad_media_share
+        metrics["bad_media"] = bad_media.bad
         metrics_log.log(metrics)
         if master:
             val_text = f" | val {metrics['val_loss']:.4f}" if "val_loss" in metrics else ""
             print(f"step {step + 1:5d}/{max_steps} | loss {loss:.4f}{val_text} | lr {metrics['lr']:.2e} "
-                  f"| grad {grad_norm:.2f} | {metrics['t_step']:.2f}s")
+                  f"| grad {grad_norm:.2f} | bad media {bad_media.bad} | {metrics['t_step']:.2f}s")
         if (step + 1) % save_every == 0 or step + 1 == max_steps:
             save_checkpoint(accelerator, policy, tokenizer, out_dir, step + 1,
                             {"skipped_updates": skipped_updates, "skipped_samples": skipped,
-                             "config": config}, keep_last=keep_last)
+                             "bad_media_state": bad_media.state(), "config": config}, keep_last=keep_last)
 
     if master and n_samples:
         show_samples(accelerator.unwrap_model(policy).hf, tokenizer, val[:n_samples], device, metrics_log)
@@ -242,10 +260,17 @@ def main():
 
 
 def show_samples(hf, tokenizer, rows, device, metrics_log):
-    """Greedy answers on held-out rows with their format and accuracy rewards."""
+    """Greedy answers on held-out rows with their format and accuracy rewards (rows whose media fail are left out)."""
+    loaded = []
+    for r in rows:
+        try:
+            frames, spt = data.load_frames(r, max_frames, fps, video_min_pixels, video_max_pixels,
+                                           image_min_pixels, image_max_pixels)  # [T, 3, H, W]
+        except data.MediaError:
+            continue
+        loaded.append((r, data.make_visual(frames, spt)))
+    rows, visuals = [r for r, _ in loaded], [v for _, v in loaded]
     prompts = [data.prompt_text(r, question_template) for r in rows]
-    visuals = [data.make_visual(*data.load_frames(r, max_frames, fps, video_min_pixels, video_max_pixels,
-                                                  image_min_pixels, image_max_pixels)) for r in rows]
     batch = data.collate(prompts, visuals, tokenizer)
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
     out = engine.generate(hf, batch, 1, sample_tokens, temperature=0.0,

@@ -294,6 +294,60 @@ def test_generate_restores_the_model_state_even_on_error(loaded):
         model.eval()
 
 
+def test_generate_under_bf16_autocast_agrees_with_a_full_forward(loaded):
+    # The GPU setting (fp32 weights, bf16 compute) on CPU. Under autocast RoPE turns keys back into float32 while
+    # values stay bf16; a plain StaticCache refused them at the first decoding step (RolloutCache stores both).
+    model, tokenizer = loaded
+    batch = mixed_batch(tokenizer)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = generate(model, batch, n=1, max_new_tokens=12, temperature=0)
+        T, Lp = out["completion_ids"].shape[1], batch["input_ids"].shape[1]
+        input_ids = torch.cat([batch["input_ids"], out["completion_ids"]], dim=1)  # [B, Lp+T]
+        mask = torch.cat([batch["attention_mask"], torch.ones_like(out["completion_ids"])], dim=1)
+        model.model.rope_deltas = None
+        with torch.no_grad():
+            logits = model(input_ids=input_ids, attention_mask=mask,
+                           **hf_inputs(input_ids, batch["visuals"], model.config)).logits[:, Lp - 1:-1].float()
+    assert (out["lengths"] > 5).all()
+    # each greedy token is the full forward's argmax, up to bf16 rounding (the KV-cache path sums in another
+    # order): its logit is within 0.05 of the largest, where logits are O(1) and bf16 keeps 8 bits
+    chosen = logits.gather(-1, out["completion_ids"][..., None]).squeeze(-1)  # [B, T]
+    valid = torch.arange(T) < out["lengths"][:, None]
+    assert ((logits.max(-1).values - chosen)[valid] < 0.05).all()
+
+
+def test_checkpointing_recomputes_in_training_not_in_generate(loaded):
+    model, tokenizer = loaded
+    batch = mixed_batch(tokenizer)
+    prompt_index, completion_ids, lengths = random_completions(tokenizer, [2, 1, 1, 2], T=5, seed=4)
+    weights = torch.randn(completion_ids.shape, generator=torch.Generator().manual_seed(5))  # [R, T]
+
+    def grads():
+        model.zero_grad()
+        (token_logprobs(model, batch, prompt_index, completion_ids, lengths) * weights).sum().backward()
+        return {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    model.train()
+    plain = grads()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    calls = []  # one entry per run of a decoder layer's forward under the checkpoint
+    layers = model.model.language_model.layers
+    for layer in layers:
+        real = layer._gradient_checkpointing_func
+        layer._gradient_checkpointing_func = lambda fn, *a, real=real, **k: real(
+            lambda *x: calls.append(1) or fn(*x), *a, **k)
+    try:
+        generate(model, batch, n=2, max_new_tokens=4)
+        assert calls == []                      # generate runs in eval mode: no checkpointing, the KV cache works
+        checkpointed = grads()
+        assert len(calls) == 2 * len(layers)    # every layer ran twice: forward, and again in the backward pass
+    finally:
+        model.activation_checkpointing_disable()
+        model.eval()
+        model.zero_grad(set_to_none=True)
+    assert all(torch.equal(plain[k], checkpointed[k]) for k in plain)  # recomputing changes nothing
+
+
 def test_micro_batches_cut_between_prompt_groups():
     chunks = micro_batches(torch.tensor([0, 0, 0, 1, 1, 2]), 4)
     assert [c.tolist() for c in chunks] == [[0, 1, 2], [3, 4, 5]]

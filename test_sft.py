@@ -1,5 +1,6 @@
 """SFT: the loss covers exactly the assistant tokens (checked against a Hugging Face forward with
 labels built independently from the full conversation), it learns, runs on 2 processes, resumes."""
+import math
 import os
 
 import pytest
@@ -10,7 +11,7 @@ import data
 import model as engine
 import sft
 from checkpoint import list_checkpoints
-from conftest import read_metrics, run_script
+from conftest import BAD_MEDIA, dataset_with_bad_media, read_metrics, run_script
 
 
 def hf_labels_loss(hf, tokenizer, row, visual):
@@ -65,6 +66,34 @@ def test_release_flag_trains_the_question_text_too(demo_assets):
     assert release[0] + tokenizer.decode(release[2]) == default[0] + tokenizer.decode(default[2])
 
 
+def test_bf16_autocast_and_checkpointing_match_fp32(demo_assets):
+    # The GPU settings on CPU: one SFT micro-batch (2 videos, 2 images) with bf16 autocast and non-reentrant
+    # activation checkpointing, against plain fp32. bf16 keeps 8 significant bits (each rounding moves a
+    # value by up to 2^-9 = 0.2%); autocast rounds matmul inputs and accumulates in fp32, so over this 2-layer
+    # model the mean loss moves by ~2e-5 (relative) and the gradient direction by ~1e-5 (1 - cosine), measured.
+    # The bounds below leave 50x of room and still catch a step computed on other inputs or targets.
+    world, tiny = demo_assets
+    rows = data.load_rows(os.path.join(world, "cot.json"), require_process=True)
+    rows = [r for r in rows if r["data_type"] == "video"][:2] + [r for r in rows if r["data_type"] == "image"][:2]
+
+    def step(bf16):
+        hf, tokenizer = engine.load_model(tiny)
+        hf.train()
+        if bf16:
+            hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        encoded = sft.collate_targets([sft.encode_row(r, tokenizer) for r in rows], tokenizer, "cpu")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = sft.target_nll(engine.VisionOnceLM(hf), encoded) / encoded[2].sum()
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in hf.parameters()])
+
+    loss32, g32 = step(False)
+    loss16, g16 = step(True)
+    assert abs(loss16 - loss32) / loss32 < 1e-3
+    assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.9995
+    assert abs(g16.norm() / g32.norm() - 1) < 0.01
+
+
 @pytest.mark.slow
 def test_sft_learns_the_demo(sft_run):
     everything = read_metrics(sft_run)
@@ -80,7 +109,7 @@ def test_sft_learns_the_demo(sft_run):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(demo_assets, tmp_path):
+def test_two_processes_match_one_and_bf16_tracks_fp32(demo_assets, tmp_path):
     # a global batch of 32 rows as 1 x 32 or 2 x 16: the same rows, the same global token-mean loss,
     # hence the same weights (up to float summation order)
     common = ["sft.py", "--num_epochs=1", "--eval_every=0", "--n_samples=0", "--micro_batch_size=8"]
@@ -94,6 +123,25 @@ def test_two_processes_match_one(demo_assets, tmp_path):
     wa = Qwen2_5_VLForConditionalGeneration.from_pretrained(list_checkpoints(f"{tmp_path}/one")[-1]).state_dict()
     wb = Qwen2_5_VLForConditionalGeneration.from_pretrained(list_checkpoints(f"{tmp_path}/two")[-1]).state_dict()
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+
+    # the same under bf16 autocast with activation checkpointing, as on GPUs, on 1 and 2 processes, against fp32.
+    # Losses agree to ~1e-5 (relative, measured). The weights after 6 AdamW steps differ by ~1% of the update:
+    # Adam gives every coordinate a full-size step, and for the many whose gradient is near 0 bf16 rounding can
+    # flip its sign; so the update is compared as a whole (direction and size), not coordinate by coordinate.
+    run_script(*common, f"--out_dir={tmp_path}/bf16", "--batch_size=32", "--gradient_checkpointing=True",
+               mixed_precision="bf16")
+    run_script(*common, f"--out_dir={tmp_path}/bf16x2", "--batch_size=16", "--gradient_checkpointing=True",
+               mixed_precision="bf16", processes=2)
+    start = Qwen2_5_VLForConditionalGeneration.from_pretrained(demo_assets[1]).state_dict()
+    update = lambda run: torch.cat([(w - start[k]).flatten() for k, w in Qwen2_5_VLForConditionalGeneration
+                                    .from_pretrained(f"{tmp_path}/{run}/step_000006").state_dict().items()])
+    for run in ("bf16", "bf16x2"):
+        m = read_metrics(f"{tmp_path}/{run}")
+        assert [x["tokens"] for x in m] == [x["tokens"] for x in one]
+        assert all(abs(x["loss"] - y["loss"]) < 1e-3 * y["loss"] for x, y in zip(m, one)), run
+        ours, ref = update(run), update("one")
+        assert torch.nn.functional.cosine_similarity(ours, ref, dim=0) > 0.999, run
+        assert (ours - ref).norm() < 0.05 * ref.norm(), run
 
 
 @pytest.mark.slow
@@ -109,3 +157,47 @@ def test_resume_continues_exactly(demo_assets, tmp_path):
     wa = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{tmp_path}/a/step_000006").state_dict()
     wb = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{tmp_path}/b/step_000006").state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_bad_media_rows_are_replaced_logged_and_resume_exactly(demo_assets, tmp_path):
+    # one row per way a media file can fail, spread over the file; some land in the held-out rows
+    world, _ = demo_assets
+    kinds_at = {7 + 29 * i: kind for i, kind in enumerate(BAD_MEDIA)}
+    file, bad_paths = dataset_with_bad_media(os.path.join(world, "cot.json"), tmp_path, kinds_at)
+    out = tmp_path / "out"
+    common = ["sft.py", f"--data_dir={tmp_path}", f"--out_dir={out}", "--num_epochs=1", "--batch_size=32",
+              "--eval_every=2", "--n_samples=32", "--sample_tokens=4", "--save_every=2", "--keep_last=5",
+              "--max_bad_media_share=0.1"]
+    stdout = run_script(*common)
+    m = read_metrics(out)
+    steps = [x for x in m if "loss" in x]
+    assert [x["step"] for x in steps] == [1, 2, 3, 4, 5, 6] and all(math.isfinite(x["loss"]) for x in steps)
+    logged = [line.split("\t") for line in (out / "bad_media.txt").read_text().splitlines()]
+    paths = [p for _, p, _ in logged]
+    assert len(paths) == len(set(paths)) and set(paths) <= set(bad_paths.values())  # each bad file once
+    assert all(p in reason for _, p, reason in logged)                             # the reason names it
+    assert steps[-1]["bad_media"] >= len(paths) >= 4  # every epoch reads most rows: most bad files were met
+    assert f"bad media {steps[-1]['bad_media']}" in stdout
+    assert "heldout_format" in m[-1]  # the greedy samples at the end leave out held-out rows with bad media
+    # resume from step 2 into the same out_dir: the same replacements, losses, weights, and no duplicate lines
+    first_log, first_metrics = (out / "bad_media.txt").read_text(), steps
+    w6 = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{out}/step_000006").state_dict()
+    run_script(*common, f"--resume={out}/step_000002")
+    again = [x for x in read_metrics(out) if "loss" in x]
+    assert [(x["loss"], x["tokens"], x["bad_media"], x.get("val_loss")) for x in again] == \
+           [(x["loss"], x["tokens"], x["bad_media"], x.get("val_loss")) for x in first_metrics]
+    assert (out / "bad_media.txt").read_text() == first_log
+    w6_again = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{out}/step_000006").state_dict()
+    assert all(torch.equal(w6[k], w6_again[k]) for k in w6)
+
+
+@pytest.mark.slow
+def test_too_many_bad_media_rows_stop_the_run_with_a_clear_error(demo_assets, tmp_path):
+    world, _ = demo_assets
+    kinds = list(BAD_MEDIA)
+    dataset_with_bad_media(os.path.join(world, "cot.json"), tmp_path, {i: kinds[i % len(kinds)] for i in range(120)})
+    with pytest.raises(AssertionError, match=r"rows read so far had media that failed to load, more than "
+                                             r"max_bad_media_share=0.01: see .*bad_media.txt"):
+        run_script("sft.py", f"--data_dir={tmp_path}", f"--out_dir={tmp_path}/out", "--num_epochs=1",
+                   "--batch_size=32", "--eval_every=0", "--n_samples=0")

@@ -1,8 +1,11 @@
 """Tests of the T-GRPO math (hand-made tensors) and of the trainer end to end on the demo."""
+import json
 import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tgrpo
 from tgrpo import group_advantages, policy_loss
@@ -13,6 +16,31 @@ def test_group_advantages_by_hand():
     adv = group_advantages(torch.tensor([[2.0, 0.0], [1.5, 1.5]]))
     s = math.sqrt(2.0)
     assert torch.allclose(adv, torch.tensor([[1 / (s + 1e-4), -1 / (s + 1e-4)], [0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("value", [1.3, 2.1])
+def test_zero_spread_group_gets_exactly_zero_where_the_formula_does_not(value):
+    rewards = torch.full((1, 8), value)
+    naive = (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)
+    assert (naive != 0).all()  # float32 rounding of the mean: about -0.001 each, the bug this guards against
+    assert torch.equal(group_advantages(rewards), torch.zeros(1, 8))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(-1e6, 1e6, width=32), st.integers(2, 16),
+       st.lists(st.floats(-10, 10, width=32), min_size=2, max_size=16))
+def test_zero_spread_groups_are_exactly_zero_and_others_untouched(value, G, other):
+    # one zero-spread group at any reward value, next to a group with spread (or none, if `other` is constant)
+    other = (other * G)[:G]
+    rewards = torch.tensor([[value] * G, other])  # [2, G]
+    adv = group_advantages(rewards)
+    assert torch.equal(adv[0], torch.zeros(G))   # exactly 0, not 1e-3
+    assert tgrpo.zero_spread(rewards)[:, 0].tolist() == [True, len(set(other)) == 1]
+    if len(set(other)) > 1:                      # the others: exactly the formula of SPEC 3
+        formula = (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)  # [2, G]
+        assert torch.equal(adv[1], formula[1])
+    else:
+        assert torch.equal(adv[1], torch.zeros(G))
 
 
 def test_group_advantages_are_per_group_not_per_batch():
@@ -131,6 +159,48 @@ def test_clip_engages_on_second_iteration():
     assert logp.grad[0, 1].item() == pytest.approx(-math.exp(0.05) / 2)
 
 
+def test_bf16_update_with_bf16_reference_and_checkpointing_matches_fp32(demo_assets):
+    # One T-GRPO update as tgrpo.py runs it on GPUs (policy with fp32 weights under bf16 autocast and activation
+    # checkpointing, reference model in bf16), against all-fp32, on the same 8 sampled completions of a video
+    # and an image prompt. Tolerances from bf16's 8 significant bits (relative rounding up to 2^-9): per-token
+    # log-probs of O(1) logits move by ~0.002 (measured; bound 0.02), the KL of a policy to its own bf16 copy is
+    # ~3e-7 (bound 1e-5, where the k3 KL of a changed policy is ~1e-4 per step), the gradient direction by ~5e-6.
+    import data
+    import model as engine
+    world, tiny = demo_assets
+    rows = [next(r for r in data.load_rows(f"{world}/rl.json") if r["data_type"] == kind) for kind in ("video", "image")]
+    hf, tokenizer = engine.load_model(tiny)
+    visuals = [data.make_visual(*data.load_frames(r, 8, 2.0, 112 * 112, 112 * 112, 112 * 112, 112 * 112)) for r in rows]
+    batch = data.collate([data.prompt_text(r) for r in rows], visuals, tokenizer)
+    out = engine.generate(hf, batch, 4, 24, generator=torch.Generator().manual_seed(0),
+                          stop_ids=engine.stop_token_ids(tokenizer))
+    pi, ids, lengths = out["prompt_index"], out["completion_ids"], out["lengths"]
+    mask = torch.arange(ids.shape[1])[None, :] < lengths[:, None]  # [R, T]
+    advantages = torch.tensor([1.0, -0.5, 0.2, -0.7, 0.9, -1.1, 0.4, 0.3])
+
+    def update(bf16):
+        policy, _ = engine.load_model(tiny)
+        policy.train()
+        if bf16:
+            policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        ref, _ = engine.load_model(tiny, dtype=torch.bfloat16 if bf16 else torch.float32)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.no_grad():
+                logp_ref = engine.token_logprobs(ref, batch, pi, ids, lengths)
+            logp = engine.token_logprobs(engine.VisionOnceLM(policy), batch, pi, ids, lengths)
+            loss, stats = policy_loss(logp, logp.detach(), logp_ref, advantages, mask, eps=0.2, beta=0.04)
+        loss.backward()
+        return loss.item(), stats, logp.detach(), torch.cat([p.grad.flatten() for p in policy.parameters()])
+
+    loss32, stats32, logp32, g32 = update(False)
+    loss16, stats16, logp16, g16 = update(True)
+    assert stats32["kl"] == 0.0 and 0.0 <= stats16["kl"] < 1e-5
+    assert (logp16 - logp32).abs().max() < 0.02 and logp32[mask].mean() < -1.0  # real, non-trivial log-probs
+    assert loss16 == pytest.approx(loss32, abs=1e-5)  # ratio 1: -mean(A) + beta * KL
+    assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.9995
+    assert abs(g16.norm() / g32.norm() - 1) < 0.01
+
+
 def test_score_group_temporal_bonus_per_group(monkeypatch):
     monkeypatch.setattr(tgrpo, "omega", 0.0)
     sol = "<answer>B</answer>"
@@ -158,6 +228,28 @@ def test_step_rows_split_ranks_and_epochs(monkeypatch):
     assert epoch0 == sorted(rows)                # every row once per epoch, across both ranks
     assert all(set(a).isdisjoint(b) for a, b in zip(r0[:2], r1[:2]))
     assert tgrpo.step_rows(rows, 3, 2, 1) == r1[3]  # a pure function of step: resume-safe
+
+
+def test_zero_spread_step_leaves_the_weights_bit_identical(demo_assets, tmp_path, monkeypatch):
+    # every completion scores 1.3 (accuracy 0.3 + format 1): all groups of G = 8 have zero spread, beta = 0, so there
+    # is nothing to learn. Before the fix each answer got A = -0.0012 and AdamW turned that rounding error into
+    # a full-size step; AdamW's weight decay alone would also move the weights.
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from conftest import read_metrics
+    world, tiny = demo_assets
+    monkeypatch.setattr(tgrpo, "accuracy_reward", lambda completion, solution, problem_type: 0.3)
+    monkeypatch.setattr(tgrpo, "format_reward", lambda completion: 1.0)
+    settings = dict(model_path=tiny, data_dir=world, out_dir=str(tmp_path), beta=0.0, temporal=False, max_steps=2,
+                    save_every=2, G=8, prompts_per_rank=2, max_new_tokens=8, lr=1e-2, warmup_steps=1, sample_every=0)
+    for key, value in settings.items():
+        monkeypatch.setattr(tgrpo, key, value)
+    tgrpo.main()
+    m = read_metrics(str(tmp_path))
+    assert [(x["step"], x["zero_spread_groups"], x["grad_norm"]) for x in m] == [(1, 1.0, 0.0), (2, 1.0, 0.0)]
+    assert m[-1]["reward"] == pytest.approx(1.3)
+    before = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny).state_dict()
+    after = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{tmp_path}/step_000002").state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
 RL_ARGS = ["--max_new_tokens=64", "--G=4", "--G_shuffled=2", "--prompts_per_rank=3", "--micro_batch_size=4",
@@ -213,3 +305,57 @@ def test_resume_reproduces_next_batch_and_loss(sft_run, tmp_path):
     wa = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{tmp_path}/a/step_000003").state_dict()
     wb = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{tmp_path}/b/step_000003").state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_bad_media_two_processes_replace_log_once_and_resume_exactly(sft_run, demo_assets, tmp_path):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from conftest import BAD_MEDIA, dataset_with_bad_media, read_metrics, run_script
+    world, _ = demo_assets
+    # 24 rows, the first 8 with bad media (one per kind): most steps meet some
+    file, bad_paths = dataset_with_bad_media(f"{world}/rl.json", tmp_path, dict(enumerate(BAD_MEDIA)))
+    with open(file) as f:
+        rows = json.load(f)[:24]
+    with open(file, "w") as f:
+        json.dump(rows, f)
+    bad_ids = {rows[i]["problem_id"] for i in bad_paths}
+    out = tmp_path / "out"
+    args = [f"--model_path={sft_run}", f"--data_dir={tmp_path}", f"--out_dir={out}", "--max_steps=3",
+            "--save_every=1", "--keep_last=5", "--max_bad_media_share=0.6", *RL_ARGS]
+    run_script("tgrpo.py", *args, processes=2)
+    m = read_metrics(out)
+    assert [x["step"] for x in m] == [1, 2, 3]
+    assert all(set(r0 + r1).isdisjoint(bad_ids) for r0, r1 in (x["problem_ids"] for x in m))  # never trained on
+    logged = [line.split("\t") for line in (out / "bad_media.txt").read_text().splitlines()]
+    paths = [p for _, p, _ in logged]
+    assert len(paths) == len(set(paths)) >= 2 and set(paths) <= set(bad_paths.values())  # both ranks', once each
+    assert all(p in reason for _, p, reason in logged)
+    assert m[-1]["bad_media"] >= len(paths)
+    # resume from step 2 in the same out_dir: step 3 again, identically, without duplicate lines
+    first_log = (out / "bad_media.txt").read_text()
+    w3 = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{out}/step_000003").state_dict()
+    run_script("tgrpo.py", *args, f"--resume={out}/step_000002", processes=2)
+    again = read_metrics(out)
+    for key in ("problem_ids", "loss", "reward", "bad_media", "weight_checksums"):
+        assert [x[key] for x in again] == [x[key] for x in m], key
+    assert (out / "bad_media.txt").read_text() == first_log
+    w3_again = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{out}/step_000003").state_dict()
+    assert all(torch.equal(w3[k], w3_again[k]) for k in w3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_bf16_reference_and_checkpointing_run_end_to_end(sft_run, tmp_path, processes):
+    # tgrpo.py as on GPUs (bf16 autocast, bf16 reference model, activation checkpointing in the updates and
+    # not in the rollouts). The numbers are checked against fp32 in the unit test above; here: it runs, ranks
+    # agree, and the KL starts at bf16 rounding level (exactly 0 in fp32) and grows as the policy moves.
+    from conftest import read_metrics, run_script
+    out = f"{tmp_path}/rl"
+    run_script("tgrpo.py", f"--model_path={sft_run}", f"--out_dir={out}", "--max_steps=3", "--save_every=3",
+               "--gradient_checkpointing=True", *RL_ARGS, processes=processes, mixed_precision="bf16")
+    m = read_metrics(out)
+    assert [x["step"] for x in m] == [1, 2, 3]
+    assert all(math.isfinite(x[k]) for x in m for k in ("loss", "reward", "kl", "grad_norm"))
+    assert all(len(set(x["weight_checksums"])) == 1 and len(x["weight_checksums"]) == processes for x in m)
+    assert m[0]["kl"] < 1e-4 and m[-1]["kl"] > m[0]["kl"]
+    assert any(x["grad_norm"] > 0 for x in m)

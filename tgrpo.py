@@ -42,6 +42,7 @@ image_max_pixels = 112 * 112            # paper: 256*28*28
 shuffle_level = "frame"                 # "frame" (release) or "patch" (whole 2-frame patches)
 question_template = "train"
 max_prompt_length = 4096                # longer prompts are skipped, counted and replaced, never truncated
+max_bad_media_share = 0.01              # rows whose media fail to load are replaced; stop past this share of them
 # T-GRPO (SPEC 2, 3)
 G = 8                                   # ordered completions per prompt
 G_shuffled = 4                          # shuffled-frame completions per video prompt
@@ -72,7 +73,7 @@ adam_betas = (0.9, 0.999)
 adam_eps = 1e-8
 warmup_steps = 10
 grad_clip = 5.0
-gradient_checkpointing = True           # on GPU; ignored on CPU
+gradient_checkpointing = False          # recompute activations in the backward pass (paper: True; slower)
 seed = 42
 # logging and checkpoints
 log_with = None                         # "wandb", "tensorboard", or a list of them
@@ -91,8 +92,16 @@ from accelerate.utils import DistributedType
 import data
 import model as engine
 from demo import ensure_demo_assets
-from checkpoint import MetricsLog, load_checkpoint, resolve_model_path, resolve_resume, save_checkpoint
+from checkpoint import (BadMediaLog, MetricsLog, encode_or_replace, load_checkpoint, resolve_model_path,
+                        resolve_resume, save_checkpoint)
 from rewards import accuracy_reward, format_reward, group_share, length_bonus, temporal_bonus
+
+
+def zero_spread(rewards):
+    """[N, G] -> [N, 1] bool: groups whose rewards are all equal, so there is nothing to learn from them.
+    Decided on the rewards, not on a computed std: in float32 the mean of eight 1.3s is off by one unit in
+    the last place, and (R - mean) / (std + 1e-4) would give every answer -0.0012 instead of 0."""
+    return (rewards == rewards[:, :1]).all(dim=1, keepdim=True)
 
 
 def group_advantages(rewards, norm="group", batch_std=None):
@@ -112,16 +121,15 @@ def group_advantages(rewards, norm="group", batch_std=None):
             [ 0.0000,  0.0000]])
     """
     centred = rewards - rewards.mean(dim=1, keepdim=True)              # [N, G]
-    spread = (rewards != rewards[:, :1]).any(dim=1, keepdim=True)      # [N, 1] False: all equal
     if norm == "group":
         scale = rewards.std(dim=1, keepdim=True) + 1e-4                # [N, 1]
     elif norm == "none":
-        scale = torch.ones_like(spread, dtype=rewards.dtype)
+        scale = torch.ones_like(centred[:, :1])
     elif norm == "batch":
-        scale = torch.full_like(spread, batch_std + 1e-4, dtype=rewards.dtype)
+        scale = torch.full_like(centred[:, :1], batch_std + 1e-4)
     else:
         raise ValueError(f"advantage_norm must be 'group', 'none' or 'batch', got {norm!r}")
-    return torch.where(spread, centred / scale, torch.zeros_like(centred))  # [N, G]
+    return (centred / scale).masked_fill(zero_spread(rewards), 0.0)  # [N, G]
 
 
 def masked_mean(x, mask, dim=None):
@@ -237,12 +245,11 @@ def main():
     if master:
         print(f"policy and reference start from {path}")
     hf, tokenizer = engine.load_model(path, device=device)
-    on_gpu = device.type == "cuda"
-    if gradient_checkpointing and on_gpu:
-        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if gradient_checkpointing:  # active in the updates only: generate() runs the model in eval mode
+        hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     ref = None
     if beta > 0:
-        ref_dtype = torch.bfloat16 if on_gpu and accelerator.mixed_precision == "bf16" else torch.float32
+        ref_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
         ref, _ = engine.load_model(path, dtype=ref_dtype, device=device)
         ref.requires_grad_(False).eval()
     policy = engine.VisionOnceLM(hf)
@@ -253,19 +260,32 @@ def main():
 
     rows = data.load_rows(os.path.join(data_dir, train_file), data_types=data_types)
     stop_ids = engine.stop_token_ids(tokenizer)
-    start_step, skipped_prompts, skipped_updates = 0, 0, 0
+    start_step, skipped_prompts, skipped_updates, bad_media_state = 0, 0, 0, None
     resume_path = resolve_resume(resume, out_dir)
     if resume_path:
         state = load_checkpoint(accelerator, resume_path)
         start_step, skipped_prompts = state["step"], state["skipped_prompts"]
         skipped_updates = state["skipped_updates"]
+        bad_media_state = state.get("bad_media_state")
         if master:
             print(f"resumed from {resume_path} at step {start_step}")
     if log_with:
         accelerator.init_trackers("tgrpo", config=config)
     metrics_log = MetricsLog(accelerator, out_dir, resume_step=start_step)
+    bad_media = BadMediaLog(accelerator, out_dir, max_bad_media_share, resume_step=start_step, state=bad_media_state)
     if master:
         print(f"{len(rows)} rows, {world} process(es), {prompts_per_rank} prompt(s) per rank per step")
+
+    def encode(row):
+        """A row's model input: (frames, seconds per patch, prompt text, visual), or None when the prompt is over
+        max_prompt_length. Raises data.MediaError when its media cannot be loaded."""
+        frames, spt = data.load_frames(row, max_frames, fps, video_min_pixels, video_max_pixels,
+                                       image_min_pixels, image_max_pixels)  # [T, 3, H, W]
+        text = data.prompt_text(row, template=question_template)
+        visual = data.make_visual(frames, spt)
+        n_visual = int(visual["grid_thw"].prod()) // data.MERGE_SIZE ** 2
+        fits = len(tokenizer(text).input_ids) - 1 + n_visual <= max_prompt_length
+        return (frames, spt, text, visual) if fits else None
 
     for step in range(start_step, max_steps):
         t0 = time.time()
@@ -273,23 +293,15 @@ def main():
         data_gen = torch.Generator().manual_seed(seed + 1_000_003 * step + 7_919 * rank)
         sample_gen = torch.Generator(device=device).manual_seed(seed + 1_000_003 * step + 7_919 * rank)
 
-        # 1. inputs: one ordered prompt per row, plus a shuffled one per video in temporal mode. A
-        # prompt over max_prompt_length is skipped, counted and replaced by a seeded random row, so
-        # every rank keeps the same amount of work (and resume stays exact)
-        prompts, visuals, n, groups = [], [], [], []
+        # 1. inputs: one ordered prompt per row, plus a shuffled one per video in temporal mode. A row whose
+        # media fail to load or whose prompt is over max_prompt_length is skipped, counted and replaced by a
+        # seeded random row, so every rank keeps the same amount of work (and resume stays exact)
+        prompts, visuals, n, groups, bad, n_read = [], [], [], [], [], 0
         for row in batch_rows:
-            for _ in range(100):
-                frames, spt = data.load_frames(row, max_frames, fps, video_min_pixels, video_max_pixels,
-                                               image_min_pixels, image_max_pixels)
-                text = data.prompt_text(row, template=question_template)
-                visual = data.make_visual(frames, spt)
-                n_visual = int(visual["grid_thw"].prod()) // data.MERGE_SIZE ** 2
-                if len(tokenizer(text).input_ids) - 1 + n_visual <= max_prompt_length:
-                    break
-                skipped_prompts += 1
-                row = rows[torch.randint(len(rows), (1,), generator=data_gen).item()]
-            else:
-                raise ValueError(f"100 prompts in a row are longer than max_prompt_length={max_prompt_length}")
+            row, (frames, spt, text, visual), too_long, row_bad = encode_or_replace(row, rows, encode, data_gen)
+            skipped_prompts += too_long
+            bad += row_bad
+            n_read += 1 + too_long + len(row_bad)
             group = {"row": row, "ordered": len(prompts), "shuffled": None}
             prompts.append(text), visuals.append(visual), n.append(G)
             if temporal and row["data_type"] == "video":
@@ -297,6 +309,7 @@ def main():
                 group["shuffled"] = len(prompts)
                 prompts.append(text), visuals.append(data.make_visual(shuffled, spt)), n.append(G_shuffled)
             groups.append(group)
+        bad_media.update(step + 1, bad, n_read)  # stops the run past max_bad_media_share
         batch = data.collate(prompts, visuals, tokenizer)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -369,10 +382,10 @@ def main():
                     stats_sum[k] += st[k] * weight / num_iterations
                 stats_sum["loss"] += loss.item() * weight / num_iterations
             grad_norm = float(accelerator.clip_grad_norm_(policy.parameters(), grad_clip))
-            if math.isfinite(grad_norm):
-                optimizer.step()
-            else:
+            if not math.isfinite(grad_norm):
                 skipped_updates += 1  # a non-finite loss or gradient: skip the update, keep going
+            elif grad_norm > 0:  # 0: nothing to learn (every group had zero spread, no KL gradient), and AdamW
+                optimizer.step()  # would still move the weights (weight decay, momentum of earlier steps)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         t_upd = time.time() - t_upd
@@ -388,7 +401,7 @@ def main():
             "p_ordered": sum(s["p_ordered"] for s in video) / len(video) if video else float("nan"),
             "p_shuffled": sum(s["p_shuffled"] for s in video) / len(video) if video else float("nan"),
             "temporal_bonus_rate": sum(any(s["temporal"]) for s in video) / len(video) if video else float("nan"),
-            "zero_spread_groups": sum(len(set(s["total"])) == 1 for s in scores) / len(scores),
+            "zero_spread_groups": zero_spread(totals).float().mean().item(),
             "kl": stats_sum["kl"], "clip_frac": stats_sum["clip_frac"], "loss": stats_sum["loss"],
             "completion_len": c_len.float().mean().item(),
             "truncated": out["truncated"][idx].float().mean().item(),
@@ -407,7 +420,7 @@ def main():
             metrics["weight_checksums"] = accelerator.gather(checksum[None]).tolist()
         metrics.update(step=step + 1, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
                        completion_len_max=accelerator.gather(c_len.max()[None]).max().item(),
-                       skipped_prompts=skipped_prompts, skipped_updates=skipped_updates,
+                       skipped_prompts=skipped_prompts, skipped_updates=skipped_updates, bad_media=bad_media.bad,
                        t_rollout=t_roll, t_reward=t_rew, t_logprob=t_lp, t_update=t_upd,
                        t_step=time.time() - t0)
         metrics_log.log(metrics)
@@ -417,7 +430,8 @@ def main():
                   f"fmt {m['reward_format']:.3f} tb {m['reward_temporal']:.3f} len {m['reward_length']:.3f} "
                   f"| p {m['p_ordered']:.2f} p~ {m['p_shuffled']:.2f} zero-spread {m['zero_spread_groups']:.2f} "
                   f"| kl {m['kl']:.4f} clip {m['clip_frac']:.3f} | len {m['completion_len']:.0f}/"
-                  f"{m['completion_len_max']:.0f} trunc {m['truncated']:.2f} | {m['rollout_tok_s']:.0f} tok/s "
+                  f"{m['completion_len_max']:.0f} trunc {m['truncated']:.2f} bad media {m['bad_media']} "
+                  f"| {m['rollout_tok_s']:.0f} tok/s "
                   f"| {m['t_step']:.1f}s (roll {t_roll:.1f} rew {t_rew:.2f} lp {t_lp:.1f} upd {t_upd:.1f})")
             if sample_every and (step + 1) % sample_every == 0:
                 with open(os.path.join(out_dir, "samples.txt"), "a") as f:
@@ -428,7 +442,7 @@ def main():
         if (step + 1) % save_every == 0 or step + 1 == max_steps:
             save_checkpoint(accelerator, policy, tokenizer, out_dir, step + 1,
                             {"skipped_prompts": skipped_prompts, "skipped_updates": skipped_updates,
-                             "config": config}, keep_last=keep_last)
+                             "bad_media_state": bad_media.state(), "config": config}, keep_last=keep_last)
     accelerator.end_training()
 
 
