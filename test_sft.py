@@ -12,6 +12,7 @@ import model as engine
 import sft
 from checkpoint import list_checkpoints
 from conftest import BAD_MEDIA, dataset_with_bad_media, read_metrics, run_script
+from test_model import hf_inputs
 
 
 def hf_labels_loss(hf, tokenizer, row, visual):
@@ -26,11 +27,11 @@ def hf_labels_loss(hf, tokenizer, row, visual):
     labels[: starts[-1] + len(header)] = -100                    # system, question, vision pads, header
     pad_id = hf.config.video_token_id if visual["kind"] == "video" else hf.config.image_token_id
     assert (labels == pad_id).sum() == 0                          # no vision pad is ever a label
-    kwargs = ({"pixel_values_videos": visual["pixel_values"], "video_grid_thw": visual["grid_thw"][None],
-               "second_per_grid_ts": torch.tensor([visual["second_per_grid_t"]])}
-              if visual["kind"] == "video" else
-              {"pixel_values": visual["pixel_values"], "image_grid_thw": visual["grid_thw"][None]})
-    out = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels[None], **kwargs)
+    # M-RoPE positions as model.rope_positions gives them (tested against HF's get_rope_index and by hand in
+    # test_model.py; HF 5.23 resumes differently after a video): this test is about the labels
+    positions = engine.rope_positions(batch["input_ids"], batch["attention_mask"], [visual], hf.config)
+    out = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels[None],
+             position_ids=positions, **hf_inputs(batch["input_ids"], [visual], hf.config))
     return out.loss.item()
 
 
