@@ -6,6 +6,8 @@ CPU demo (tiny random checkpoint on the synthetic demo world, a few minutes):
     python sft.py
 Paper run, Qwen2.5-VL-7B-Instruct on Video-R1-COT-165k, 8 GPUs:
     accelerate launch --config_file config/accelerate_zero2.yaml sft.py config/sft_7b.py
+LoRA (peft) instead of full fine-tuning, 1 to 8 GPUs:
+    accelerate launch --config_file config/accelerate_ddp.yaml sft.py config/sft_7b.py config/sft_7b_lora.py
 
 Labels are the assistant answer only (process + "\\n" + solution + <|im_end|>): the system text,
 the question and every vision pad token are masked. The loss is the mean over all target tokens
@@ -36,6 +38,11 @@ image_max_pixels = 112 * 112            # paper: 256*28*28
 question_template = "train"
 max_length = 4096                       # longer samples are skipped and counted, never truncated
 train_prompt_tokens = False             # True: also train the question text (the release, roughly)
+# LoRA through peft (imported only when on): None trains every weight (the paper)
+lora_rank = None                        # e.g. 64: low-rank adapters on lora_target, every other weight frozen
+lora_alpha = 128                        # the adapters' output is scaled by lora_alpha / lora_rank
+lora_dropout = 0.05                     # on the adapters' input
+lora_target = ["language"]              # "language": LM attention + MLP projections; + "vision": the vision tower
 # optimisation
 num_epochs = 30                         # paper: 1 (165k rows); the demo world is small
 batch_size = 8                          # samples per rank per step
@@ -135,9 +142,14 @@ def main():
         ensure_demo_assets(data_dir, model_path)
     accelerator.wait_for_everyone()
 
-    hf, tokenizer = engine.load_model(resolve_model_path(model_path), device=device)
+    # LoRA's frozen base needs no fp32 master weights: it is held in the compute dtype
+    bf16 = device.type == "cuda" and accelerator.mixed_precision == "bf16"
+    hf, tokenizer = engine.load_model(resolve_model_path(model_path), device=device,
+                                      dtype=torch.bfloat16 if lora_rank and bf16 else torch.float32)
     if gradient_checkpointing and device.type == "cuda":
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora_rank:
+        hf = engine.add_lora(hf, lora_rank, lora_alpha, lora_dropout, lora_target)
     rows = data.load_rows(os.path.join(data_dir, train_file), data_types=data_types, require_process=True)
     train, val = split_rows(rows)
     # length-aware batching by a cheap proxy: modality first, then characters of question + answer
@@ -153,8 +165,8 @@ def main():
                          f"{world * micro_batch_size}")
 
     policy = engine.VisionOnceLM(hf)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, betas=adam_betas, eps=adam_eps,
-                                  weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, betas=adam_betas,
+                                  eps=adam_eps, weight_decay=weight_decay)
     warm = lambda u: (u + 1) / warmup_steps if u < warmup_steps else \
         0.5 * (1 + math.cos(math.pi * min(1.0, (u - warmup_steps) / max(1, max_steps - warmup_steps))))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warm)
@@ -163,7 +175,7 @@ def main():
     start_step, skipped_updates = 0, 0
     resume_path = resolve_resume(resume, out_dir)
     if resume_path:
-        state = load_checkpoint(accelerator, resume_path)
+        state = load_checkpoint(accelerator, policy, resume_path)
         start_step, skipped_updates, skipped = state["step"], state["skipped_updates"], state["skipped_samples"]
     if log_with:
         accelerator.init_trackers("sft", config=config)
