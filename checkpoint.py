@@ -2,9 +2,12 @@
 Checkpoints, metrics and the handling of unusable rows, shared by sft.py and tgrpo.py.
 
 A checkpoint is a folder `out_dir/step_000100/` holding
-  - the model and tokenizer in the Hugging Face layout (load it anywhere with from_pretrained),
+  - the model and tokenizer in the Hugging Face layout (load it anywhere with from_pretrained), or
+    with LoRA the adapters in PEFT's layout (adapter_config.json names the base; model.load_model
+    merges them on load, `python model.py merge` writes the merged model),
   - state/: what resuming needs (weights, optimizer, scheduler) as `accelerate` saves it, so the
-    same code is right for DDP, FSDP and DeepSpeed (sharded states stay sharded),
+    same code is right for DDP, FSDP and DeepSpeed (sharded states stay sharded); with LoRA the
+    frozen base weights are left out (resume reloads them from model_path),
   - trainer.json: step, data position, the resolved run config.
 It is written into `step_000100.tmp/` and renamed once complete, so a crash mid-write never leaves
 a half checkpoint that resume would pick up. Sampling seeds are derived from (seed, rank, step),
@@ -18,6 +21,7 @@ import time
 
 import torch
 from accelerate.utils import gather_object
+from safetensors import safe_open
 
 from data import MediaError
 
@@ -32,13 +36,20 @@ def save_checkpoint(accelerator, model, tokenizer, out_dir, step, trainer_state,
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     accelerator.wait_for_everyone()
+    frozen = frozen_names(model)
+
+    def drop_frozen(models, weights, output_dir):  # LoRA's base: reloaded from model_path on resume
+        weights[:] = [{k: v for k, v in w.items() if k not in frozen} for w in weights]
+
+    hook = accelerator.register_save_state_pre_hook(drop_frozen)
     accelerator.save_state(os.path.join(tmp, "state"))
+    hook.remove()
     full_state = accelerator.get_state_dict(model)  # gathers shards under FSDP / ZeRO-3
     hf = hf_model(accelerator.unwrap_model(model))
     if accelerator.is_main_process:
         prefix = "hf."  # VisionOnceLM keeps the Hugging Face model as .hf
         full_state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in full_state.items()}
-        hf.save_pretrained(tmp, state_dict=full_state)
+        hf.save_pretrained(tmp, state_dict=full_state)  # a PeftModel (LoRA) saves the adapters only
         tokenizer.save_pretrained(tmp)
         with open(os.path.join(tmp, "trainer.json"), "w") as f:
             json.dump({"step": step, "time": time.time(), **trainer_state}, f, indent=1)
@@ -59,9 +70,29 @@ def list_checkpoints(out_dir):
     return [os.path.join(out_dir, f"step_{s:06d}") for s in steps]
 
 
-def load_checkpoint(accelerator, path):
-    """Restore weights, optimizer and scheduler from `path` (prepared objects) and return trainer.json."""
-    accelerator.load_state(os.path.join(path, "state"))
+def frozen_names(model):
+    """State-dict names of the parameters that do not train (LoRA's base weights; none otherwise)."""
+    return {name for name, p in model.named_parameters() if not p.requires_grad}
+
+
+def load_checkpoint(accelerator, model, path):
+    """Restore weights, optimizer and scheduler from `path` into the prepared objects (`model` the
+    prepared model) and return trainer.json. With LoRA the saved weights must be exactly the
+    trainable ones (the frozen base comes from model_path), else the LoRA settings changed."""
+    state = os.path.join(path, "state")
+    frozen = frozen_names(model)
+    weights = os.path.join(state, "model.safetensors")  # DeepSpeed and FSDP save weights their own way
+    if frozen and os.path.isfile(weights):
+        with safe_open(weights, "pt") as f:
+            saved = set(f.keys())
+        expected = set(model.state_dict()) - frozen
+        if saved != expected:
+            raise ValueError(f"resume: {path} holds other trainable weights than this model (LoRA settings "
+                             f"changed?): {len(saved - expected)} unexpected, {len(expected - saved)} missing, "
+                             f"e.g. {sorted(saved ^ expected)[:2]}")
+        accelerator.load_state(state, strict=False)  # the frozen base is not in it, as checked
+    else:
+        accelerator.load_state(state)
     with open(os.path.join(path, "trainer.json")) as f:
         return json.load(f)
 
@@ -79,14 +110,15 @@ def resolve_resume(resume, out_dir):
 
 
 def resolve_model_path(path):
-    """A Hugging Face model folder, or a training out_dir whose newest complete step_* is taken."""
-    if os.path.isfile(os.path.join(path, "config.json")):
+    """A Hugging Face model folder, a LoRA checkpoint, or a training out_dir whose newest complete
+    step_* is taken."""
+    if any(os.path.isfile(os.path.join(path, f)) for f in ("config.json", "adapter_config.json")):
         return path
     found = list_checkpoints(path)
     if found:
         return found[-1]
-    raise FileNotFoundError(f"model_path {path}: neither a Hugging Face model folder (config.json) "
-                            f"nor a training output with step_* checkpoints")
+    raise FileNotFoundError(f"model_path {path}: neither a Hugging Face model folder (config.json), a LoRA "
+                            f"checkpoint (adapter_config.json) nor a training output with step_* checkpoints")
 
 
 def hf_model(model):

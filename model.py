@@ -2,7 +2,8 @@
 model.py: everything the stage scripts need from Qwen2.5-VL, as flat functions.
 
     make_tiny_checkpoint(out_dir, texts)  random-weight Qwen2.5-VL + small BPE tokenizer (tests, CPU demo)
-    load_model(path)                       -> (model, tokenizer)
+    load_model(path)                       -> (model, tokenizer); a LoRA checkpoint is merged on load
+    add_lora(model, rank, alpha, ...)      -> PeftModel: LoRA adapters in place, base frozen (optional peft)
     rope_positions(ids, mask, visuals, cfg) M-RoPE position ids [3, B, L] of a left-padded batch
     generate(model, batch, n, ...)         n sampled completions per prompt; each prompt prefilled once
     token_logprobs(model, batch, ...)      [R, T] log-probs of completion tokens (policy, reference, SFT)
@@ -16,6 +17,8 @@ Two ideas run through the file:
 """
 
 import importlib.util
+import json
+import os
 
 import torch
 import torch.nn as nn
@@ -118,18 +121,73 @@ def load_model(path, dtype=torch.float32, device="cpu", attn_implementation=None
     """Load a Qwen2.5-VL checkpoint and its tokenizer (left padding, for batched prompts).
 
     attn_implementation=None picks flash_attention_2 when flash_attn is installed and the device is
-    CUDA, else PyTorch sdpa.
+    CUDA, else PyTorch sdpa. A LoRA checkpoint (adapter_config.json, what sft.py and tgrpo.py save
+    with lora_rank set) is loaded onto the base it names, itself possibly a LoRA checkpoint, and
+    merged: the result is a plain model, whatever the chain of stages that made it.
     """
-    if attn_implementation is None:
-        on_cuda = torch.device(device).type == "cuda"
-        attn_implementation = "flash_attention_2" if on_cuda and importlib.util.find_spec("flash_attn") else "sdpa"
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        path, dtype=dtype, attn_implementation=attn_implementation).to(device)
+    path = str(path)
+    if os.path.isfile(os.path.join(path, "adapter_config.json")):
+        from peft import PeftModel
+        with open(os.path.join(path, "adapter_config.json")) as f:
+            base = json.load(f)["base_model_name_or_path"]
+        if os.path.isabs(base) and not os.path.isdir(base):
+            raise FileNotFoundError(f"{path} holds LoRA adapters of {base}, which is not there (a checkpoint "
+                                    f"moved without its base?): `python model.py merge` makes one that stands alone")
+        model, _ = load_model(base, dtype, device, attn_implementation)
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+        model.name_or_path = path  # adapters trained on top of this model name it as their base
+    else:
+        if attn_implementation is None:
+            on_cuda = torch.device(device).type == "cuda"
+            attn_implementation = "flash_attention_2" if on_cuda and importlib.util.find_spec("flash_attn") else "sdpa"
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            path, dtype=dtype, attn_implementation=attn_implementation).to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     if model.generation_config.pad_token_id is None:  # generate() pads finished rows with it
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+# Which linear layers get LoRA adapters: PEFT full-match patterns over Qwen2.5-VL's module names.
+LORA_TARGETS = {
+    "language": r"model\.language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)",
+    "vision": r"model\.visual\.(blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate|up|down)_proj)|merger\.mlp\.[02])",
+}
+
+
+def add_lora(hf, rank, alpha, dropout=0.0, target=("language",)):
+    """Freeze `hf` and add LoRA adapters (through PEFT) to the linear layers of the `target` parts
+    (keys of LORA_TARGETS); returns the PeftModel.
+
+    PEFT swaps the target layers in place, so `hf` itself (hence VisionOnceLM, generate and
+    token_logprobs, which reach into it through base_model) now computes with the adapters, and
+    `with peft_model.disable_adapter():` turns them off: the starting model, T-GRPO's reference, for
+    free. The B matrices start at zero: at step 0 the adapted model equals the base exactly.
+
+    >>> peft_model = add_lora(hf, rank=64, alpha=128)   # Qwen2.5-VL-7B: 161M of 8.3B weights train
+    """
+    from peft import LoraConfig, get_peft_model
+    if not target or set(target) - set(LORA_TARGETS):
+        raise ValueError(f"lora_target must be a non-empty list of {sorted(LORA_TARGETS)}, got {target!r}")
+    if os.path.isdir(hf.name_or_path):  # the saved adapters name their base: absolute, to load from anywhere
+        hf.name_or_path = os.path.abspath(hf.name_or_path)
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                        target_modules="|".join(f"(?:{LORA_TARGETS[t]})" for t in target))
+    return get_peft_model(hf, config)
+
+
+def base_model(model):
+    """The Hugging Face model under a PEFT wrapper (its adapters stay active), or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def save_merged(path, out_dir):
+    """Write a LoRA checkpoint as a plain Hugging Face one (adapters merged into the weights).
+    python model.py merge out/tgrpo_7b_lora/step_001000 out/tgrpo_7b_lora_merged"""
+    model, tokenizer = load_model(path)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
 
 
 def stop_token_ids(tokenizer):
@@ -220,7 +278,8 @@ class VisionOnceLM(nn.Module):
     completion positions only + float32 log-softmax.
 
     One forward call matters under DDP/FSDP/DeepSpeed: wrap this module (accelerator.prepare), not the
-    HF model, so gradient sync and parameter sharding see the whole computation. The HF model is `.hf`.
+    HF model, so gradient sync and parameter sharding see the whole computation. The HF model is `.hf`
+    (with LoRA, the PeftModel around it: checkpoints then save the adapters).
 
     Rows are left-padded prompt + right-padded completion, so every completion starts at column Lp and
     the logits that predict it are hidden[:, Lp-1 : Lp-1+T]. Prompts are encoded once (P of them) and
@@ -235,7 +294,8 @@ class VisionOnceLM(nn.Module):
         self.hf = hf
 
     def forward(self, input_ids, attention_mask, visuals, prompt_index, completion_ids, lengths, temperature=1.0):
-        hf, device = self.hf, self.hf.device
+        hf = base_model(self.hf)
+        device = hf.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         prompt_index, completion_ids, lengths = prompt_index.to(device), completion_ids.to(device), lengths.to(device)
         Lp, T = input_ids.shape[1], completion_ids.shape[1]
@@ -282,7 +342,7 @@ def micro_batches(prompt_index, micro_batch_size):
 def token_logprobs(model, batch, prompt_index, completion_ids, lengths, temperature=1.0, micro_batch_size=None):
     """Log-probs [R, T] (float32) of each row's completion tokens; 0 past the row's length.
 
-    model: a plain HF model (wrapped in VisionOnceLM on the fly) or a VisionOnceLM, possibly wrapped by
+    model: an HF model or PeftModel (wrapped in VisionOnceLM on the fly) or a VisionOnceLM, possibly wrapped by
     accelerate (DDP/FSDP/DeepSpeed). batch: collate() output of the P prompts; prompt_index [R] says
     which prompt each row continues. Logits are divided by `temperature` (the sampling temperature,
     so that log-probs are those of the sampling policy). Gradients flow when grad is enabled; under a
@@ -298,7 +358,7 @@ def token_logprobs(model, batch, prompt_index, completion_ids, lengths, temperat
     >>> out = generate(hf, batch, n=8, max_new_tokens=64)
     >>> logp = token_logprobs(hf, batch, out["prompt_index"], out["completion_ids"], out["lengths"])  # [R, T]
     """
-    policy = VisionOnceLM(model) if isinstance(model, PreTrainedModel) else model
+    policy = VisionOnceLM(model) if isinstance(base_model(model), PreTrainedModel) else model
     T = completion_ids.shape[1]
     outs = []
     for rows in micro_batches(prompt_index, micro_batch_size):
@@ -345,7 +405,8 @@ def generate(model, batch, n, max_new_tokens, temperature=1.0, top_p=1.0, genera
     is copied into its n rows; all R = sum(n) rows then decode together. A row is finished once it
     emits a stop id; finished rows keep decoding pad tokens (harmless: masks come from `lengths`).
 
-    model: plain HF model. batch: collate() output. n: int or list of P ints. temperature 0 = greedy.
+    model: HF model (or a PeftModel: its adapters are used). batch: collate() output. n: int or list
+    of P ints. temperature 0 = greedy.
     stop_ids: default generation_config.eos_token_id; [] = never stop. generator: torch.Generator on
     the model's device, for reproducible samples. The model is put in eval mode (which also switches
     HF gradient checkpointing off, it only runs in training mode) and restored afterwards.
@@ -357,6 +418,7 @@ def generate(model, batch, n, max_new_tokens, temperature=1.0, top_p=1.0, genera
     >>> out["prompt_index"], out["lengths"], out["truncated"]
     (tensor([0, 0, 1]), tensor([5, 3, 5]), tensor([True, False, True]))
     """
+    model = base_model(model)
     device = model.device
     P = batch["input_ids"].shape[0]
     counts = torch.tensor([n] * P if isinstance(n, int) else list(n))  # [P]
@@ -404,3 +466,10 @@ def generate(model, batch, n, max_new_tokens, temperature=1.0, top_p=1.0, genera
         model.train(was_training)
     return {"prompt_index": prompt_index, "completion_ids": torch.stack(tokens, dim=1),  # [R, T]
             "lengths": lengths, "truncated": ~finished}
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) != 4 or sys.argv[1] != "merge":
+        sys.exit("usage: python model.py merge <LoRA checkpoint> <out_dir>   (writes the merged Hugging Face model)")
+    save_merged(sys.argv[2], sys.argv[3])

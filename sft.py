@@ -6,6 +6,8 @@ CPU demo (tiny random checkpoint on the synthetic demo world, a few minutes):
     python sft.py
 Paper run, Qwen2.5-VL-7B-Instruct on Video-R1-COT-165k, 8 GPUs:
     accelerate launch --config_file config/accelerate_zero2.yaml sft.py config/sft_7b.py
+LoRA (peft) instead of full fine-tuning, 1 to 8 GPUs:
+    accelerate launch --config_file config/accelerate_ddp.yaml sft.py config/sft_7b.py config/sft_7b_lora.py
 
 Labels are the assistant answer only (process + "\\n" + solution + <|im_end|>): the system text,
 the question and every vision pad token are masked. The loss is the mean over all target tokens
@@ -38,6 +40,11 @@ target_format = "cot"                   # "cot": process + "\n" + solution (SPEC
 max_length = 4096                       # longer samples are skipped, counted and replaced, never truncated
 max_bad_media_share = 0.01              # rows whose media fail to load are replaced; stop past this share of them
 train_prompt_tokens = False             # True: also train the question text (the release, roughly)
+# LoRA through peft (imported only when on): None trains every weight (the paper)
+lora_rank = None                        # e.g. 64: low-rank adapters on lora_target, every other weight frozen
+lora_alpha = 128                        # the adapters' output is scaled by lora_alpha / lora_rank
+lora_dropout = 0.05                     # on the adapters' input
+lora_target = ["language"]              # "language": LM attention + MLP projections; + "vision": the vision tower
 # optimisation
 num_epochs = 30                         # paper: 1 (165k rows); the demo world is small
 batch_size = 8                          # samples per rank per step
@@ -140,9 +147,14 @@ def main():
         ensure_demo_assets(data_dir, model_path)
     accelerator.wait_for_everyone()
 
-    hf, tokenizer = engine.load_model(resolve_model_path(model_path), device=device)
+    # LoRA's frozen base needs no fp32 master weights: it is held in the compute dtype
+    bf16 = accelerator.mixed_precision == "bf16"
+    hf, tokenizer = engine.load_model(resolve_model_path(model_path), device=device,
+                                      dtype=torch.bfloat16 if lora_rank and bf16 else torch.float32)
     if gradient_checkpointing:
         hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if lora_rank:
+        hf = engine.add_lora(hf, lora_rank, lora_alpha, lora_dropout, lora_target)
     rows = data.load_rows(os.path.join(data_dir, train_file), data_types=data_types,
                           require_process=target_format == "cot")
     train, val = split_rows(rows)
@@ -159,8 +171,8 @@ def main():
                          f"{world * micro_batch_size}")
 
     policy = engine.VisionOnceLM(hf)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, betas=adam_betas, eps=adam_eps,
-                                  weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, betas=adam_betas,
+                                  eps=adam_eps, weight_decay=weight_decay)
     warm = lambda u: (u + 1) / warmup_steps if u < warmup_steps else \
         0.5 * (1 + math.cos(math.pi * min(1.0, (u - warmup_steps) / max(1, max_steps - warmup_steps))))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warm)
@@ -169,7 +181,7 @@ def main():
     start_step, skipped_updates, bad_media_state = 0, 0, None
     resume_path = resolve_resume(resume, out_dir)
     if resume_path:
-        state = load_checkpoint(accelerator, resume_path)
+        state = load_checkpoint(accelerator, policy, resume_path)
         start_step, skipped_updates, skipped = state["step"], state["skipped_updates"], state["skipped_samples"]
         bad_media_state = state.get("bad_media_state")
     if log_with:

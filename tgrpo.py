@@ -12,12 +12,15 @@ Paper run, Qwen2.5-VL-7B after the SFT cold start, 8 GPUs:
     accelerate launch --config_file config/accelerate_zero2.yaml tgrpo.py config/tgrpo_7b.py
 Ablations: config/tgrpo_grpo.py (temporal off), config/tgrpo_zero.py (no SFT),
 config/tgrpo_noimage.py (video rows only), config/tgrpo_release.py (the authors' release).
+LoRA (peft) instead of full fine-tuning, 1 to 8 GPUs; the reference is then the same weights with
+the adapters off, no second model:
+    accelerate launch --config_file config/accelerate_ddp.yaml tgrpo.py config/tgrpo_7b.py config/tgrpo_7b_lora.py
 
 Per step and rank: take `prompts_per_rank` rows; sample G ordered completions (+ G_shuffled
 shuffled ones for videos); score them; per prompt group compute p, p~, the temporal and length
 bonuses and the advantages; then num_iterations updates of the clipped surrogate with a k3 KL
 penalty to the frozen starting model. Simplifications, on purpose: rollouts come from our own
-KV-cache engine in model.py (no vLLM); the reference model is a full copy on every GPU.
+KV-cache engine in model.py (no vLLM); the reference model is a full copy on every GPU (unless LoRA).
 """
 import contextlib
 import math
@@ -63,6 +66,11 @@ advantage_norm = "group"                # "group" (paper, release), "none" (Dr. 
 temperature = 1.0
 top_p = 0.95
 max_new_tokens = 96                     # paper: 768; demo answers are ~50 tokens
+# LoRA through peft (imported only when on): None trains every weight (the paper)
+lora_rank = None                        # e.g. 64: low-rank adapters on lora_target, every other weight frozen
+lora_alpha = 128                        # the adapters' output is scaled by lora_alpha / lora_rank
+lora_dropout = 0.0                      # 0: dropout would make logp differ from the sampling policy's
+lora_target = ["language"]              # "language": LM attention + MLP projections; + "vision": the vision tower
 # optimisation
 max_steps = 250                         # paper: ~1k steps on 8 GPUs
 prompts_per_rank = 4                    # the release: exactly 1; the demo uses 4 for less noise
@@ -240,21 +248,24 @@ def main():
     accelerator.wait_for_everyone()
 
     # load: policy in fp32 (accelerate's bf16 autocast / DeepSpeed keep fp32 master weights, which
-    # lr 1e-6 needs), reference in the compute dtype, frozen
+    # lr 1e-6 needs), reference in the compute dtype, frozen. With LoRA the frozen base is in the
+    # compute dtype too, and it is the reference: the adapters switched off, no second copy
     path = resolve_model_path(model_path)  # also the reference model, on resume too
     if master:
         print(f"policy and reference start from {path}")
-    hf, tokenizer = engine.load_model(path, device=device)
+    compute_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
+    hf, tokenizer = engine.load_model(path, dtype=compute_dtype if lora_rank else torch.float32, device=device)
     if gradient_checkpointing:  # active in the updates only: generate() runs the model in eval mode
         hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     ref = None
-    if beta > 0:
-        ref_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" else torch.float32
-        ref, _ = engine.load_model(path, dtype=ref_dtype, device=device)
+    if beta > 0 and not lora_rank:  # with LoRA the reference is the same model with its adapters disabled
+        ref, _ = engine.load_model(path, dtype=compute_dtype, device=device)
         ref.requires_grad_(False).eval()
+    if lora_rank:
+        hf = engine.add_lora(hf, lora_rank, lora_alpha, lora_dropout, lora_target)
     policy = engine.VisionOnceLM(hf)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, betas=adam_betas, eps=adam_eps,
-                                  weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, betas=adam_betas,
+                                  eps=adam_eps, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
 
@@ -263,7 +274,7 @@ def main():
     start_step, skipped_prompts, skipped_updates, bad_media_state = 0, 0, 0, None
     resume_path = resolve_resume(resume, out_dir)
     if resume_path:
-        state = load_checkpoint(accelerator, resume_path)
+        state = load_checkpoint(accelerator, policy, resume_path)
         start_step, skipped_prompts = state["step"], state["skipped_prompts"]
         skipped_updates = state["skipped_updates"]
         bad_media_state = state.get("bad_media_state")
@@ -355,6 +366,9 @@ def main():
             logp_ref = None
             if ref is not None:
                 logp_ref = engine.token_logprobs(ref, batch, c_prompt, c_ids, c_len, **lp_args)
+            elif beta > 0:  # LoRA: the reference is the policy with its adapters switched off
+                with accelerator.unwrap_model(policy).hf.disable_adapter():
+                    logp_ref = engine.token_logprobs(policy, batch, c_prompt, c_ids, c_len, **lp_args)
         t_lp = time.time() - t_lp
 
         # 5. updates: micro-batches with gradient accumulation; each micro-batch's loss is scaled so
