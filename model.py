@@ -4,13 +4,15 @@ model.py: everything the stage scripts need from Qwen2.5-VL, as flat functions.
     make_tiny_checkpoint(out_dir, texts)  random-weight Qwen2.5-VL + small BPE tokenizer (tests, CPU demo)
     load_model(path)                       -> (model, tokenizer)
     rope_positions(ids, mask, visuals, cfg) M-RoPE position ids [3, B, L] of a left-padded batch
-    generate(model, batch, n, ...)         n sampled completions per prompt; each prompt prefilled once
+    generate(model, batch, n, ...)         n sampled completions per prompt; finished rows leave the batch
     token_logprobs(model, batch, ...)      [R, T] log-probs of completion tokens (policy, reference, SFT)
 
 Two ideas run through the file:
-- Vision once. The G completions of a prompt share its video, so each distinct visual goes through the
-  vision tower once per call and its features are copied into every row that uses it; autograd sums
-  the rows' gradients into that one encoding, exactly as if each row had encoded its own copy.
+- Once per prompt. The G completions of a prompt share its video and its text, so each distinct visual
+  goes through the vision tower once per call and each prompt through the language model once: sampling
+  copies the prompt's KV cache into its rows, scoring lets the rows attend to the prompt's keys/values
+  (SharedPromptCache). Autograd sums the rows' gradients into that one computation, exactly as if each
+  row had its own copy.
 - Explicit positions. We compute M-RoPE positions ourselves and hand them to the language model on
   every call (prefill, decode, scoring), so HF's hidden `rope_deltas` state is never read.
 """
@@ -230,7 +232,7 @@ class SharedPromptCache(DynamicCache):
         super().__init__(config=config)
         if prompts is not None:
             self.layers = prompts.layers  # shared: seq length Lp, so HF masks the R rows as [R, Lp + T]
-        self.prompt_index = prompt_index
+        self.prompt_index, self.reads = prompt_index, 0
 
     def update(self, keys, values, layer_idx, *args, **kwargs):
         layer = self.layers[layer_idx]
@@ -238,6 +240,7 @@ class SharedPromptCache(DynamicCache):
             if not layer.is_initialized:
                 layer.keys, layer.values, layer.is_initialized = keys, values, True
             return keys, values
+        self.reads += 1
         return (torch.cat([layer.keys[self.prompt_index], keys], dim=2),     # [R, H, Lp+T, d]
                 torch.cat([layer.values[self.prompt_index], values], dim=2))
 
@@ -289,12 +292,14 @@ class VisionOnceLM(nn.Module):
             prompt_hidden = lm(inputs_embeds=embed_prompts(hf, input_ids, visuals), attention_mask=attention_mask,
                                position_ids=positions, past_key_values=prompts,
                                use_cache=False).last_hidden_state  # [P, Lp, D]
+            rows = SharedPromptCache(hf.config, prompts, prompt_index)
             hidden = lm(inputs_embeds=hf.get_input_embeddings()(completion_ids),
                         attention_mask=torch.cat([attention_mask[prompt_index], completion_mask.long()], dim=1),
                         position_ids=continue_positions(positions, T)[:, prompt_index],  # [3, R, T]
-                        past_key_values=SharedPromptCache(hf.config, prompts, prompt_index),
-                        use_cache=False).last_hidden_state  # [R, T, D]
-        hidden = torch.cat([prompt_hidden[prompt_index, -1:], hidden[:, :-1]], dim=1)  # [R, T, D] predicting tokens 0..T-1
+                        past_key_values=rows, use_cache=False).last_hidden_state  # [R, T, D]
+        if rows.reads != len(lm.layers):  # never score completions that did not see their prompt
+            raise RuntimeError(f"{rows.reads} of {len(lm.layers)} layers read the prompt cache")
+        hidden = torch.cat([prompt_hidden[prompt_index, -1:], hidden[:, :-1]], dim=1)  # [R, T, D] before tokens 0..T-1
         logits = hf.lm_head(hidden).float() / temperature  # [R, T, V]
         # log_softmax gathered = logit - logsumexp, without materialising a second [R, T, V] tensor
         logp = logits.gather(-1, completion_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)  # [R, T]
@@ -387,8 +392,8 @@ def generate(model, batch, n, max_new_tokens, temperature=1.0, top_p=1.0, genera
     The P prompts are prefilled together as one left-padded batch (vision once); each prompt's cache
     is copied into its n rows; all R = sum(n) rows then decode together. A row is finished once it
     emits a stop id (pad tokens after it). No idle rows: once finished rows make up a quarter of the
-    batch they are dropped from it and the cache is compacted (one copy; at most log_4/3(R) of them),
-    so rows that stopped stop costing compute. The random numbers are still drawn for all R rows
+    batch they are dropped from it and from the cache (a copy each time the batch shrinks by a quarter
+    or more), so rows that stopped stop costing compute. The random numbers are still drawn for all R rows
     (sample_next), so the samples are the same as without compaction.
 
     model: plain HF model. batch: collate() output. n: int or list of P ints. temperature 0 = greedy.

@@ -2,6 +2,7 @@
 the Hugging Face model's own computations. Run: python -m pytest -q test_model.py
 (`python test_model.py CKPT OUT` is the 2-process DDP half of test_prompt_once_under_ddp.)"""
 
+import contextlib
 import json
 import sys
 
@@ -305,7 +306,7 @@ def test_prompt_once_equals_per_row_forward(loaded, kind):
     assert_grads_equal(ours, theirs)
 
 
-def test_prompt_once_with_micro_batches_and_gradient_checkpointing(loaded):
+def test_prompt_once_with_micro_batches_and_gradient_checkpointing(loaded, monkeypatch):
     """A group larger than a micro-batch is cut, so one prompt runs in two micro-batches; with HF's
     non-reentrant gradient checkpointing (layers replayed in backward) the result is unchanged."""
     model, tokenizer = loaded
@@ -322,11 +323,16 @@ def test_prompt_once_with_micro_batches_and_gradient_checkpointing(loaded):
     try:
         logp, ours = grads_of(model, lambda: token_logprobs(VisionOnceLM(model), batch, prompt_index, completion_ids,
                                                             lengths, micro_batch_size=3), weights)
+        # HF's checkpointed layers drop caches unless told otherwise: then the completions would not see
+        # their prompt, which must fail loudly
+        monkeypatch.setattr("model.cache_through_checkpointing", lambda lm: contextlib.nullcontext())
+        with pytest.raises(RuntimeError, match="layers read the prompt cache"):
+            token_logprobs(VisionOnceLM(model), batch, prompt_index, completion_ids, lengths)
     finally:
         model.activation_checkpointing_disable()
         model.eval()
         hook.remove()
-    assert len(calls) == 2 * 4 * 2  # 4 micro-batches x (prompts, completions) x (forward, replay)
+    assert len(calls) == 2 * 4 * 2 + 2  # 4 micro-batches x (prompts, completions) x (forward, replay), + the error
     torch.testing.assert_close(logp, ref, atol=1e-5, rtol=0)
     assert_grads_equal(ours, theirs)
 
@@ -347,7 +353,6 @@ def ddp_rows(tokenizer, rank):
 def ddp_half(ckpt, out):
     """Run by accelerate on 2 CPU processes: DDP-wrapped VisionOnceLM, gradient checkpointing, one forward
     and backward per micro-batch (no_sync but the last), as tgrpo.py trains."""
-    import contextlib
     from accelerate import Accelerator
     accelerator = Accelerator()
     model, tokenizer = load_model(ckpt)
