@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from transformers import (AutoTokenizer, DynamicCache, GenerationConfig, PreTrainedModel, Qwen2_5_VLConfig,
                           StaticCache)
 from transformers import Qwen2_5_VLForConditionalGeneration
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 # Qwen2.5's added tokens, in their real id order (151643...). The first 14 are special tokens (skipped
 # by decode(skip_special_tokens=True)); the last 8 are plain added tokens, as in the real tokenizer.
@@ -217,15 +218,13 @@ def embed_prompts(hf, input_ids, visuals):
 
 
 class SharedPromptCache(DynamicCache):
-    """Key/value cache that lets completion rows attend to a prompt computed once, inside the autograd graph.
+    """Keys/values of prompts computed once, which completion rows attend to, inside the autograd graph.
 
-    prompts = SharedPromptCache(config)                       # forward over the P prompts records each
-                                                              # layer's keys/values [P, H, Lp, d]
-    rows = SharedPromptCache(config, prompts, prompt_index)  # forward over the R completions attends to
-                                                              # prompts[prompt_index] ++ its own keys/values
-    Gradients from every row flow back into the one prompt computation (indexing sums them), exactly as
-    if each row had its own copy. Neither object changes what a later identical call returns, so a
-    gradient-checkpointed layer replayed in backward sees the same keys as in forward.
+    prompts = SharedPromptCache(config)                      # forward over P prompts: records [P, H, Lp, d]
+    rows = SharedPromptCache(config, prompts, prompt_index)  # forward over R completions: each attends to
+                                                             # prompts[prompt_index] ++ its own keys/values
+    Indexing sums the rows' gradients into the one prompt computation, as if each row had its own copy.
+    Calls are idempotent, so a gradient-checkpointed layer replayed in backward sees the same keys.
     """
 
     def __init__(self, config, prompts=None, prompt_index=None):
@@ -248,28 +247,29 @@ class SharedPromptCache(DynamicCache):
 @contextlib.contextmanager
 def cache_through_checkpointing(language_model):
     """HF's gradient-checkpointed decoder layers drop any cache they are given (a replay in backward
-    would write a normal cache twice); a SharedPromptCache is replay-safe, so let it through."""
-    for layer in language_model.layers:
+    would write a normal cache twice); a SharedPromptCache is replay-safe, so let it through. Found by
+    type, so layers wrapped one by one (FSDP) are reached too."""
+    layers = [m for m in language_model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
         layer._can_checkpoint_with_cache = True
     try:
         yield
     finally:
-        for layer in language_model.layers:
+        for layer in layers:
             del layer._can_checkpoint_with_cache  # back to the class default, False
 
 
 class VisionOnceLM(nn.Module):
-    """Log-probs of completion tokens in ONE forward: each distinct visual and each prompt runs once, the
-    completions attend to their prompt's keys/values, LM head at the completion positions only, float32
-    log-softmax.
+    """Log-probs of completion tokens in ONE forward, each distinct visual and each prompt computed once.
 
     One forward call matters under DDP/FSDP/DeepSpeed: wrap this module (accelerator.prepare), not the
     HF model, so gradient sync and parameter sharding see the whole computation. The HF model is `.hf`.
 
-    Prompt once: the language model runs over the P left-padded prompts, recording their keys/values in a
-    SharedPromptCache, then over the R right-padded completions as a continuation in which row r attends
-    to prompt prompt_index[r]. G completions of one prompt cost one prompt plus G completions, not G of
-    both. Completion token t is predicted by the hidden state before it: the prompt's last one for t = 0.
+    The vision tower encodes each distinct visual; the language model runs over the P left-padded
+    prompts, recording their keys/values (SharedPromptCache), then over the R right-padded completions,
+    row r attending to prompt prompt_index[r]: G completions of a prompt cost one prompt plus G
+    completions, not G of both. Token t is predicted by the hidden state before it (the prompt's last
+    one for t = 0); LM head at those positions only, float32 log-softmax.
 
     Shapes: input_ids, attention_mask [P, Lp]; visuals list of P; prompt_index, lengths [R];
     completion_ids [R, T] -> log-probs [R, T] float32, 0 past each row's length.
@@ -287,7 +287,7 @@ class VisionOnceLM(nn.Module):
         lm = hf.model.language_model
         positions = rope_positions(input_ids, attention_mask, visuals, hf.config)  # [3, P, Lp]
         completion_mask = torch.arange(T, device=device) < lengths[:, None]  # [R, T]
-        prompts = SharedPromptCache(hf.config)
+        prompts = SharedPromptCache(hf.config)  # use_cache=False below: HF would only add a cache of its own
         with cache_through_checkpointing(lm):
             prompt_hidden = lm(inputs_embeds=embed_prompts(hf, input_ids, visuals), attention_mask=attention_mask,
                                position_ids=positions, past_key_values=prompts,
