@@ -5,17 +5,20 @@ model.py: everything the stage scripts need from Qwen2.5-VL, as flat functions.
     load_model(path)                       -> (model, tokenizer); a LoRA checkpoint is merged on load
     add_lora(model, rank, alpha, ...)      -> PeftModel: LoRA adapters in place, base frozen (optional peft)
     rope_positions(ids, mask, visuals, cfg) M-RoPE position ids [3, B, L] of a left-padded batch
-    generate(model, batch, n, ...)         n sampled completions per prompt; each prompt prefilled once
+    generate(model, batch, n, ...)         n sampled completions per prompt; finished rows leave the batch
     token_logprobs(model, batch, ...)      [R, T] log-probs of completion tokens (policy, reference, SFT)
 
 Two ideas run through the file:
-- Vision once. The G completions of a prompt share its video, so each distinct visual goes through the
-  vision tower once per call and its features are copied into every row that uses it; autograd sums
-  the rows' gradients into that one encoding, exactly as if each row had encoded its own copy.
+- Once per prompt. The G completions of a prompt share its video and its text, so each distinct visual
+  goes through the vision tower once per call and each prompt through the language model once: sampling
+  copies the prompt's KV cache into its rows, scoring lets the rows attend to the prompt's keys/values
+  (SharedPromptCache). Autograd sums the rows' gradients into that one computation, exactly as if each
+  row had its own copy.
 - Explicit positions. We compute M-RoPE positions ourselves and hand them to the language model on
   every call (prefill, decode, scoring), so HF's hidden `rope_deltas` state is never read.
 """
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -23,8 +26,10 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel, Qwen2_5_VLConfig, StaticCache
+from transformers import (AutoTokenizer, DynamicCache, GenerationConfig, PreTrainedModel, Qwen2_5_VLConfig,
+                          StaticCache)
 from transformers import Qwen2_5_VLForConditionalGeneration
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 # Qwen2.5's added tokens, in their real id order (151643...). The first 14 are special tokens (skipped
 # by decode(skip_special_tokens=True)); the last 8 are plain added tokens, as in the real tokenizer.
@@ -273,17 +278,60 @@ def embed_prompts(hf, input_ids, visuals):
     return embeds.masked_scatter(is_vis[..., None], per_row.to(embeds.dtype))  # row-major, matching per_row
 
 
+class SharedPromptCache(DynamicCache):
+    """Keys/values of prompts computed once, which completion rows attend to, inside the autograd graph.
+
+    prompts = SharedPromptCache(config)                      # forward over P prompts: records [P, H, Lp, d]
+    rows = SharedPromptCache(config, prompts, prompt_index)  # forward over R completions: each attends to
+                                                             # prompts[prompt_index] ++ its own keys/values
+    Indexing sums the rows' gradients into the one prompt computation, as if each row had its own copy.
+    Calls are idempotent, so a gradient-checkpointed layer replayed in backward sees the same keys.
+    """
+
+    def __init__(self, config, prompts=None, prompt_index=None):
+        super().__init__(config=config)
+        if prompts is not None:
+            self.layers = prompts.layers  # shared: seq length Lp, so HF masks the R rows as [R, Lp + T]
+        self.prompt_index, self.reads = prompt_index, 0
+
+    def update(self, keys, values, layer_idx, *args, **kwargs):
+        layer = self.layers[layer_idx]
+        if self.prompt_index is None:  # prompts: record (a checkpoint replay must not record twice)
+            if not layer.is_initialized:
+                layer.keys, layer.values, layer.is_initialized = keys, values, True
+            return keys, values
+        self.reads += 1
+        return (torch.cat([layer.keys[self.prompt_index], keys], dim=2),     # [R, H, Lp+T, d]
+                torch.cat([layer.values[self.prompt_index], values], dim=2))
+
+
+@contextlib.contextmanager
+def cache_through_checkpointing(language_model):
+    """HF's gradient-checkpointed decoder layers drop any cache they are given (a replay in backward
+    would write a normal cache twice); a SharedPromptCache is replay-safe, so let it through. Found by
+    type, so layers wrapped one by one (FSDP) are reached too."""
+    layers = [m for m in language_model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer._can_checkpoint_with_cache = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer._can_checkpoint_with_cache  # back to the class default, False
+
+
 class VisionOnceLM(nn.Module):
-    """Log-probs of completion tokens in ONE forward: vision once + language model + LM head at the
-    completion positions only + float32 log-softmax.
+    """Log-probs of completion tokens in ONE forward, each distinct visual and each prompt computed once.
 
     One forward call matters under DDP/FSDP/DeepSpeed: wrap this module (accelerator.prepare), not the
     HF model, so gradient sync and parameter sharding see the whole computation. The HF model is `.hf`
     (with LoRA, the PeftModel around it: checkpoints then save the adapters).
 
-    Rows are left-padded prompt + right-padded completion, so every completion starts at column Lp and
-    the logits that predict it are hidden[:, Lp-1 : Lp-1+T]. Prompts are encoded once (P of them) and
-    copied into their rows with prompt_index.
+    The vision tower encodes each distinct visual; the language model runs over the P left-padded
+    prompts, recording their keys/values (SharedPromptCache), then over the R right-padded completions,
+    row r attending to prompt prompt_index[r]: G completions of a prompt cost one prompt plus G
+    completions, not G of both. Token t is predicted by the hidden state before it (the prompt's last
+    one for t = 0); LM head at those positions only, float32 log-softmax.
 
     Shapes: input_ids, attention_mask [P, Lp]; visuals list of P; prompt_index, lengths [R];
     completion_ids [R, T] -> log-probs [R, T] float32, 0 past each row's length.
@@ -298,16 +346,24 @@ class VisionOnceLM(nn.Module):
         device = hf.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         prompt_index, completion_ids, lengths = prompt_index.to(device), completion_ids.to(device), lengths.to(device)
-        Lp, T = input_ids.shape[1], completion_ids.shape[1]
+        T = completion_ids.shape[1]
+        lm = hf.model.language_model
         positions = rope_positions(input_ids, attention_mask, visuals, hf.config)  # [3, P, Lp]
-        positions = torch.cat([positions, continue_positions(positions, T)], dim=2)[:, prompt_index]  # [3, R, Lp+T]
         completion_mask = torch.arange(T, device=device) < lengths[:, None]  # [R, T]
-        mask = torch.cat([attention_mask[prompt_index], completion_mask.long()], dim=1)  # [R, Lp+T]
-        embeds = torch.cat([embed_prompts(hf, input_ids, visuals)[prompt_index],
-                            hf.get_input_embeddings()(completion_ids)], dim=1)  # [R, Lp+T, D]
-        hidden = hf.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                                         use_cache=False).last_hidden_state  # [R, Lp+T, D]
-        logits = hf.lm_head(hidden[:, Lp - 1: Lp - 1 + T]).float() / temperature  # [R, T, V]
+        prompts = SharedPromptCache(hf.config)  # use_cache=False below: HF would only add a cache of its own
+        with cache_through_checkpointing(lm):
+            prompt_hidden = lm(inputs_embeds=embed_prompts(hf, input_ids, visuals), attention_mask=attention_mask,
+                               position_ids=positions, past_key_values=prompts,
+                               use_cache=False).last_hidden_state  # [P, Lp, D]
+            rows = SharedPromptCache(hf.config, prompts, prompt_index)
+            hidden = lm(inputs_embeds=hf.get_input_embeddings()(completion_ids),
+                        attention_mask=torch.cat([attention_mask[prompt_index], completion_mask.long()], dim=1),
+                        position_ids=continue_positions(positions, T)[:, prompt_index],  # [3, R, T]
+                        past_key_values=rows, use_cache=False).last_hidden_state  # [R, T, D]
+        if rows.reads != len(lm.layers):  # never score completions that did not see their prompt
+            raise RuntimeError(f"{rows.reads} of {len(lm.layers)} layers read the prompt cache")
+        hidden = torch.cat([prompt_hidden[prompt_index, -1:], hidden[:, :-1]], dim=1)  # [R, T, D] before tokens 0..T-1
+        logits = hf.lm_head(hidden).float() / temperature  # [R, T, V]
         # log_softmax gathered = logit - logsumexp, without materialising a second [R, T, V] tensor
         logp = logits.gather(-1, completion_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)  # [R, T]
         return logp.masked_fill(~completion_mask, 0.0)
@@ -372,17 +428,25 @@ def token_logprobs(model, batch, prompt_index, completion_ids, lengths, temperat
     return torch.cat(outs)  # [R, T]; chunks are consecutive rows in order
 
 
-def sample_next(logits, temperature, top_p, generator):
-    """Next token per row from logits [R, V]: argmax when temperature == 0, else a sample from
-    softmax(logits / temperature) restricted to the smallest set of top tokens whose mass >= top_p."""
+def sample_next(logits, temperature, top_p, generator, rows=None, num_rows=None):
+    """Next token per row from logits [r, V]: argmax when temperature == 0, else a sample from
+    softmax(logits / temperature) restricted to the smallest set of top tokens whose mass >= top_p.
+
+    The sample is torch.multinomial(probs, 1)'s own method written out: q ~ Exp(1) per token, token =
+    argmax(probs / q), the same tokens from the same generator. When these r rows are `rows` of a
+    batch of num_rows, q is drawn for all num_rows rows and `rows` kept: a row gets the random numbers
+    it would get if no row had left the batch.
+    """
     if temperature == 0:
-        return logits.argmax(-1)  # [R]
-    probs = torch.softmax(logits.float() / temperature, dim=-1)  # [R, V]
+        return logits.argmax(-1)  # [r]
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # [r, V]
     if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)  # [R, V]
+        sorted_probs, order = probs.sort(dim=-1, descending=True)  # [r, V]
         outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # mass before it already reaches top_p
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [R]
+    q = torch.empty(len(probs) if rows is None else num_rows, probs.shape[1], dtype=probs.dtype,
+                    device=probs.device).exponential_(generator=generator)  # [num_rows, V]
+    return (probs / (q if rows is None else q[rows])).argmax(-1)  # [r]
 
 
 class RolloutCache(StaticCache):
@@ -403,7 +467,10 @@ def generate(model, batch, n, max_new_tokens, temperature=1.0, top_p=1.0, genera
 
     The P prompts are prefilled together as one left-padded batch (vision once); each prompt's cache
     is copied into its n rows; all R = sum(n) rows then decode together. A row is finished once it
-    emits a stop id; finished rows keep decoding pad tokens (harmless: masks come from `lengths`).
+    emits a stop id (pad tokens after it). No idle rows: once finished rows make up a quarter of the
+    batch they are dropped from it and from the cache (a copy each time the batch shrinks by a quarter
+    or more), so rows that stopped stop costing compute. The random numbers are still drawn for all R rows
+    (sample_next), so the samples are the same as without compaction.
 
     model: HF model (or a PeftModel: its adapters are used). batch: collate() output. n: int or list
     of P ints. temperature 0 = greedy.
@@ -447,24 +514,32 @@ def generate(model, batch, n, max_new_tokens, temperature=1.0, top_p=1.0, genera
             mask = F.pad(mask[prompt_index], (0, max_new_tokens), value=1)  # [R, L+max_new_tokens]
             next_pos = continue_positions(positions, max_new_tokens)[:, prompt_index]  # [3, R, max_new_tokens]
             R = len(prompt_index)
+            live = torch.arange(R, device=device)  # [r] the rows still in the batch
             finished = torch.zeros(R, dtype=torch.bool, device=device)  # [R]
             lengths = torch.full((R,), max_new_tokens, dtype=torch.long, device=device)  # [R]
-            tokens = []
+            completion_ids = torch.full((R, max_new_tokens), pad_id, dtype=torch.long, device=device)  # [R, T]
             for step in range(max_new_tokens):
-                token = sample_next(logits, temperature, top_p, generator).masked_fill(finished, pad_id)  # [R]
-                tokens.append(token)
-                stopped = ~finished & torch.isin(token, stop_ids)  # [R]
+                done = finished[live]  # [r]
+                token = sample_next(logits, temperature, top_p, generator, live, R).masked_fill(done, pad_id)  # [r]
+                completion_ids[live, step] = token
+                stopped = live[~done & torch.isin(token, stop_ids)]  # rows that stop here
                 lengths[stopped] = step + 1
-                finished |= stopped
+                finished[stopped] = True
                 if finished.all() or step == max_new_tokens - 1:
                     break
+                done = finished[live]
+                if 4 * int(done.sum()) >= len(live):  # a quarter of the batch is idle: drop those rows
+                    keep = (~done).nonzero().squeeze(1)  # [r']
+                    live, token, mask, next_pos = live[keep], token[keep], mask[keep], next_pos[:, keep]
+                    for layer in cache.layers:
+                        layer.keys, layer.values = layer.keys[keep], layer.values[keep]  # [r', H, L+max_new, d]
                 # the mask covers the tokens so far; HF pads it with zeros over the cache's empty slots
                 out = lm(inputs_embeds=embed(token[:, None]), attention_mask=mask[:, :L + step + 1],
                          position_ids=next_pos[:, :, step:step + 1], past_key_values=cache, use_cache=True)
-                logits = model.lm_head(out.last_hidden_state[:, -1])  # [R, V]
+                logits = model.lm_head(out.last_hidden_state[:, -1])  # [r, V]
     finally:
         model.train(was_training)
-    return {"prompt_index": prompt_index, "completion_ids": torch.stack(tokens, dim=1),  # [R, T]
+    return {"prompt_index": prompt_index, "completion_ids": completion_ids[:, :step + 1],  # [R, T]
             "lengths": lengths, "truncated": ~finished}
 
 

@@ -1,16 +1,21 @@
 """Tests of model.py on a tiny random Qwen2.5-VL: positions, sampling engine and log-probs must agree with
-the Hugging Face model's own computations. Run: python -m pytest -q test_model.py"""
+the Hugging Face model's own computations. Run: python -m pytest -q test_model.py
+(`python test_model.py CKPT OUT` is the 2-process DDP half of test_prompt_once_under_ddp.)"""
 
+import contextlib
 import json
+import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, StaticCache
 
 import data
-from model import (VisionOnceLM, continue_positions, generate, load_model, make_tiny_checkpoint, micro_batches,
-                   rope_positions, sample_next, stop_token_ids, token_logprobs)
+from conftest import run_script
+from model import (VisionOnceLM, continue_positions, embed_prompts, generate, load_model, make_tiny_checkpoint,
+                   micro_batches, rope_positions, sample_next, stop_token_ids, token_logprobs)
 
 TEXTS = [data.QUESTION_TEMPLATE, *data.TYPE_TEMPLATE.values(), data.SYSTEM_PROMPT,
          "<think>let me think, the red square moves left. wait, yes.</think>\n<answer>A</answer>",
@@ -92,6 +97,39 @@ def hf_completion_logprobs(hf, batch, prompt_index, completion_ids, lengths, tem
     logits = out.logits[:, Lp - 1: Lp - 1 + T].float() / temperature  # [R, T, V]
     logp = logits.log_softmax(-1).gather(-1, completion_ids[..., None]).squeeze(-1)  # [R, T]
     return logp * completion_mask, out.loss
+
+
+def video_batch(tokenizer):
+    """Two video prompts of different lengths (so one is left-padded) and grids."""
+    visuals = [data.make_visual(frames(4, 112, 112, 3), 1.0), data.make_visual(frames(4, 56, 112, 4), 0.5)]
+    prompts = [data.prompt_text(row("video", "Which way does it move?")), data.prompt_text(row("video", "Why?"))]
+    return data.collate(prompts, visuals, tokenizer)
+
+
+def image_batch(tokenizer):
+    """Two image prompts of different lengths and grids."""
+    visuals = [data.make_visual(frames(1, 56, 84, 5), None), data.make_visual(frames(1, 84, 56, 6), None)]
+    prompts = [data.prompt_text(row("image", "What colour is the square on the left?")),
+               data.prompt_text(row("image", "What colour?"))]
+    return data.collate(prompts, visuals, tokenizer)
+
+
+def grads_of(model, logp_fn, weights):
+    """(log-probs, parameter gradients) of sum(weights * logp_fn())."""
+    model.zero_grad(set_to_none=True)
+    logp = logp_fn()
+    (logp * weights).sum().backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return logp.detach(), grads
+
+
+def assert_grads_equal(ours, theirs, rel=1e-5):
+    """Every parameter's gradient within `rel` of the reference, relative to the reference's norm."""
+    assert ours.keys() == theirs.keys()
+    for k in theirs:
+        error = ((ours[k] - theirs[k]).norm() / theirs[k].norm()).item()
+        assert error <= rel, f"{k}: relative error {error:.1e}"
 
 
 def random_completions(tokenizer, counts, T, seed):
@@ -241,6 +279,122 @@ def test_vision_once_gradients_equal_per_row_gradients(loaded):
         torch.testing.assert_close(ours[k], theirs[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
+@pytest.mark.parametrize("kind", ["video", "image", "mixed"])
+def test_prompt_once_equals_per_row_forward(loaded, kind):
+    """Several prompts per micro-batch, left padding, a prompt with no rows: the language model runs over
+    the prompts once and the R completions once, and log-probs and every parameter's gradient equal
+    the plain forward over full rows (each row its own prompt) to 1e-5."""
+    model, tokenizer = loaded
+    batch, counts = {"video": (video_batch, [3, 4]), "image": (image_batch, [2, 3]),
+                     "mixed": (mixed_batch, [3, 2, 0, 2])}[kind]
+    batch = batch(tokenizer)
+    prompt_index, completion_ids, lengths = random_completions(tokenizer, counts, T=6, seed=3)
+    weights = torch.randn(completion_ids.shape, generator=torch.Generator().manual_seed(4))  # [R, T]
+    seen = []  # [rows, tokens] of every language-model call
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(list(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True)
+    try:
+        logp, ours = grads_of(model, lambda: token_logprobs(VisionOnceLM(model), batch, prompt_index,
+                                                            completion_ids, lengths, temperature=0.9), weights)
+    finally:
+        hook.remove()
+    ref, theirs = grads_of(model, lambda: hf_completion_logprobs(model, batch, prompt_index, completion_ids,
+                                                                 lengths, temperature=0.9)[0], weights)
+    used = prompt_index.unique()  # prompts with rows, without their all-padding columns
+    assert seen == [[len(used), int(batch["attention_mask"][used].any(0).sum())], [len(prompt_index), 6]]
+    torch.testing.assert_close(logp, ref, atol=1e-5, rtol=0)
+    assert_grads_equal(ours, theirs)
+
+
+def test_prompt_once_with_micro_batches_and_gradient_checkpointing(loaded, monkeypatch):
+    """A group larger than a micro-batch is cut, so one prompt runs in two micro-batches; with HF's
+    non-reentrant gradient checkpointing (layers replayed in backward) the result is unchanged."""
+    model, tokenizer = loaded
+    batch = mixed_batch(tokenizer)
+    prompt_index, completion_ids, lengths = random_completions(tokenizer, [5, 1, 1, 3], T=5, seed=5)
+    weights = torch.randn(completion_ids.shape, generator=torch.Generator().manual_seed(6))  # [R, T]
+    assert [c.tolist() for c in micro_batches(prompt_index, 3)] == [[0, 1, 2], [3, 4, 5], [6], [7, 8, 9]]
+    ref, theirs = grads_of(model, lambda: hf_completion_logprobs(model, batch, prompt_index, completion_ids,
+                                                                 lengths)[0], weights)
+    calls = []  # attention calls of layer 0: forward passes plus replays
+    hook = model.model.language_model.layers[0].self_attn.register_forward_hook(lambda *a: calls.append(1))
+    model.train()
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    try:
+        logp, ours = grads_of(model, lambda: token_logprobs(VisionOnceLM(model), batch, prompt_index, completion_ids,
+                                                            lengths, micro_batch_size=3), weights)
+        # HF's checkpointed layers drop caches unless told otherwise: then the completions would not see
+        # their prompt, which must fail loudly
+        monkeypatch.setattr("model.cache_through_checkpointing", lambda lm: contextlib.nullcontext())
+        with pytest.raises(RuntimeError, match="layers read the prompt cache"):
+            token_logprobs(VisionOnceLM(model), batch, prompt_index, completion_ids, lengths)
+    finally:
+        model.activation_checkpointing_disable()
+        model.eval()
+        hook.remove()
+    assert len(calls) == 2 * 4 * 2 + 2  # 4 micro-batches x (prompts, completions) x (forward, replay), + the error
+    torch.testing.assert_close(logp, ref, atol=1e-5, rtol=0)
+    assert_grads_equal(ours, theirs)
+
+
+# rows of each rank in the DDP test: every micro-batch of 3 holds a visual (DDP needs the vision tower's
+# gradients on every rank); rank 1 cuts prompt 3's group of 4 over two micro-batches
+DDP_COUNTS = ([3, 2, 1, 0], [0, 1, 0, 4])
+
+
+def ddp_rows(tokenizer, rank):
+    prompt_index, completion_ids, lengths = random_completions(tokenizer, DDP_COUNTS[rank], T=5, seed=10 + rank)
+    if rank == 1:  # prompt 3's rows first, then prompt 1's
+        prompt_index = prompt_index.flip(0)
+    weights = torch.randn(completion_ids.shape, generator=torch.Generator().manual_seed(20 + rank))  # [R, T]
+    return prompt_index, completion_ids, lengths, weights
+
+
+def ddp_half(ckpt, out):
+    """Run by accelerate on 2 CPU processes: DDP-wrapped VisionOnceLM, gradient checkpointing, one forward
+    and backward per micro-batch (no_sync but the last), as tgrpo.py trains."""
+    from accelerate import Accelerator
+    accelerator = Accelerator()
+    model, tokenizer = load_model(ckpt)
+    model.train()
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    policy = accelerator.prepare(VisionOnceLM(model))
+    calls = []
+    policy.register_forward_pre_hook(lambda *a: calls.append(1))  # the DDP wrapper's forward
+    batch = mixed_batch(tokenizer)
+    prompt_index, completion_ids, lengths, weights = ddp_rows(tokenizer, accelerator.process_index)
+    chunks = micro_batches(prompt_index, 3)
+    for j, rows in enumerate(chunks):
+        with contextlib.nullcontext() if j == len(chunks) - 1 else accelerator.no_sync(policy):
+            logp = token_logprobs(policy, batch, prompt_index[rows], completion_ids[rows], lengths[rows])
+            accelerator.backward((logp * weights[rows]).sum())
+    if accelerator.is_main_process:
+        torch.save({"grads": {k: p.grad for k, p in model.named_parameters()}, "calls": len(calls),
+                    "chunks": len(chunks)}, out)
+
+
+@pytest.mark.slow
+def test_prompt_once_under_ddp(ckpt, loaded, tmp_path):
+    """2-process DDP: the averaged gradients equal the per-row reference over both ranks' rows, and DDP
+    sees one forward per micro-batch."""
+    run_script("test_model.py", str(ckpt), str(tmp_path / "ddp.pt"), processes=2)
+    got = torch.load(tmp_path / "ddp.pt")
+    assert got["calls"] == got["chunks"] == 2
+    model, tokenizer = loaded
+    batch = mixed_batch(tokenizer)
+
+    def reference():  # DDP averages the two ranks' gradients
+        losses = []
+        for rank in (0, 1):
+            prompt_index, completion_ids, lengths, weights = ddp_rows(tokenizer, rank)
+            losses.append((hf_completion_logprobs(model, batch, prompt_index, completion_ids, lengths)[0]
+                           * weights).sum())
+        return (losses[0] + losses[1]) / 2
+
+    _, theirs = grads_of(model, reference, torch.ones(()))
+    assert_grads_equal(got["grads"], theirs)
+
+
 def test_sampling_is_reproducible_and_rows_of_a_prompt_differ(loaded):
     model, tokenizer = loaded
     batch = mixed_batch(tokenizer)
@@ -252,6 +406,94 @@ def test_sampling_is_reproducible_and_rows_of_a_prompt_differ(loaded):
     assert not torch.equal(a["completion_ids"], c["completion_ids"])
     rows = a["completion_ids"].tolist()
     assert len({tuple(r) for r in rows[:4]}) == 4 and len({tuple(r) for r in rows[6:9]}) == 3
+
+
+def reference_generate(model, batch, n, max_new_tokens, temperature, top_p, generator, stop_ids):
+    """The engine before it dropped finished rows (the oracle for that change): all R rows decode until
+    every row has stopped, torch.multinomial samples."""
+    prompt_index = torch.repeat_interleave(torch.arange(len(n)), torch.tensor(n))  # [R]
+    stop_ids, pad_id = torch.tensor(stop_ids), model.generation_config.pad_token_id
+    lm, embed = model.model.language_model, model.get_input_embeddings()
+    with torch.no_grad():
+        input_ids, mask = batch["input_ids"], batch["attention_mask"]  # [P, L]
+        positions = rope_positions(input_ids, mask, batch["visuals"], model.config)  # [3, P, L]
+        out = lm(inputs_embeds=embed_prompts(model, input_ids, batch["visuals"]), attention_mask=mask,
+                 position_ids=positions, use_cache=True)
+        L = input_ids.shape[1]
+        cache = StaticCache(config=model.config, max_cache_len=L + max_new_tokens)
+        for layer, prefilled in zip(cache.layers, out.past_key_values.layers):
+            layer.update(prefilled.keys[prompt_index], prefilled.values[prompt_index])  # [R, H, L, d]
+        logits = model.lm_head(out.last_hidden_state[prompt_index, -1])  # [R, V]
+        mask = F.pad(mask[prompt_index], (0, max_new_tokens), value=1)  # [R, L+max_new_tokens]
+        next_pos = continue_positions(positions, max_new_tokens)[:, prompt_index]  # [3, R, max_new_tokens]
+        R = len(prompt_index)
+        finished = torch.zeros(R, dtype=torch.bool)
+        lengths = torch.full((R,), max_new_tokens)
+        tokens = []
+        for step in range(max_new_tokens):
+            if temperature == 0:
+                token = logits.argmax(-1)  # [R]
+            else:
+                probs = torch.softmax(logits.float() / temperature, dim=-1)  # [R, V]
+                sorted_probs, order = probs.sort(dim=-1, descending=True)
+                outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+                probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [R]
+            token = token.masked_fill(finished, pad_id)
+            tokens.append(token)
+            stopped = ~finished & torch.isin(token, stop_ids)
+            lengths[stopped] = step + 1
+            finished |= stopped
+            if finished.all() or step == max_new_tokens - 1:
+                break
+            out = lm(inputs_embeds=embed(token[:, None]), attention_mask=mask[:, :L + step + 1],
+                     position_ids=next_pos[:, :, step:step + 1], past_key_values=cache, use_cache=True)
+            logits = model.lm_head(out.last_hidden_state[:, -1])  # [R, V]
+    return {"prompt_index": prompt_index, "completion_ids": torch.stack(tokens, dim=1), "lengths": lengths,
+            "truncated": ~finished}
+
+
+def test_generate_drops_finished_rows_and_samples_as_before(loaded):
+    """Rows stopping at different steps leave the batch, and the output is the one of the engine that
+    kept decoding them, for the same seed (sampling and greedy), bit for bit."""
+    model, tokenizer = loaded
+    batch = mixed_batch(tokenizer)
+    stops = list(range(0, tokenizer.convert_tokens_to_ids("<|endoftext|>"), 20))  # ~5% of tokens end a row
+    n, T = [6, 4, 5, 3], 40
+    rows = []  # rows in each decoding step
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda m, args, kwargs: rows.append(kwargs["inputs_embeds"].shape[0]), with_kwargs=True)
+    lengths = []
+    try:
+        for seed, temperature, top_p in [(0, 1.0, 0.95), (1, 1.0, 1.0), (2, 0.7, 0.8), (3, 0.0, 1.0)]:
+            run = lambda fn: fn(model, batch, n=n, max_new_tokens=T, temperature=temperature, top_p=top_p,
+                                generator=torch.Generator().manual_seed(seed), stop_ids=stops)
+            rows.clear()
+            ours = run(generate)
+            steps = ours["completion_ids"].shape[1] - 1  # decoding steps after the prefill
+            assert rows[0] == 4 and len(rows) == 1 + steps  # the prefill of the 4 prompts, then one call a step
+            assert rows[1:] == sorted(rows[1:], reverse=True) and rows[-1] < sum(n)  # the batch shrank
+            assert sum(rows[1:]) < 0.8 * sum(n) * steps  # fewer rows computed than with idle rows kept
+            ref = run(reference_generate)
+            for k in ref:
+                assert torch.equal(ours[k], ref[k]), (seed, k)
+            lengths += ours["lengths"].tolist()
+    finally:
+        hook.remove()
+    assert len(set(lengths)) > 15 and 0 < lengths.count(T) < len(lengths) / 2  # a real spread, some truncated
+
+
+def test_sample_next_draws_as_multinomial_for_every_row():
+    """sample_next is torch.multinomial written out; rows of a shrunken batch get the numbers they would
+    get in the full one."""
+    logits = torch.randn(6, 1000, generator=torch.Generator().manual_seed(0))  # [R, V], flat: samples vary
+    probs = torch.softmax(logits / 0.8, dim=-1)
+    live = torch.tensor([1, 4, 5])
+    for seed in range(5):
+        full = sample_next(logits, 0.8, 1.0, torch.Generator().manual_seed(seed))
+        assert torch.equal(full, torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed))[:, 0])
+        some = sample_next(logits[live], 0.8, 1.0, torch.Generator().manual_seed(seed), live, 6)
+        assert torch.equal(some, full[live])
 
 
 def test_stop_ids_lengths_and_truncation(loaded):
@@ -363,3 +605,7 @@ def test_sample_next_temperature_and_top_p():
     assert set(sample_next(logits, 1.0, 0.75, g).tolist()) == {0, 1}  # 0.5 + 0.3 reaches 0.75
     counts = torch.bincount(sample_next(logits, 1.0, 1.0, g), minlength=4) / 2000
     torch.testing.assert_close(counts, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.04, rtol=0)
+
+
+if __name__ == "__main__":
+    ddp_half(*sys.argv[1:])
