@@ -582,7 +582,8 @@ def test_checkpointing_recomputes_in_training_not_in_generate(loaded):
         generate(model, batch, n=2, max_new_tokens=4)
         assert calls == []                      # generate runs in eval mode: no checkpointing, the KV cache works
         checkpointed = grads()
-        assert len(calls) == 2 * len(layers)    # every layer ran twice: forward, and again in the backward pass
+        # every layer ran 4 times: the prompt pass and the completion pass (prompt once), each again in backward
+        assert len(calls) == 4 * len(layers)
     finally:
         model.activation_checkpointing_disable()
         model.eval()
