@@ -41,7 +41,8 @@ from transformers import LogitsProcessorList
 
 import data
 from configurator import configure
-from model import VisionOnceLM, embed_prompts, generate, load_model, make_tiny_checkpoint, token_logprobs
+from demo import make_tiny_checkpoint
+from model import VisionOnceLM, embed_prompts, generate, load_model, token_logprobs
 
 device = "cpu"             # "cuda" on a GPU machine
 dtype = "float32"          # "bfloat16" on a GPU

@@ -13,6 +13,7 @@ import demo_world
 import eval as ev
 import model as engine
 from conftest import BAD_MEDIA, bad_media
+from demo import make_tiny_checkpoint
 
 REAL_GENERATE = engine.generate
 MC, NUM, REG = "multiple choice", "numerical", "regression"
@@ -89,7 +90,7 @@ def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     world, ckpt = str(root / "world"), str(root / "ckpt")
     demo_world.make_demo_world(world, n_rl=8, n_cot=4, n_eval=6, n_warmup=0)  # eval_demo.json: 3 videos, 3 images
-    engine.make_tiny_checkpoint(ckpt, texts=demo_world.demo_texts(world))
+    make_tiny_checkpoint(ckpt, texts=demo_world.demo_texts(world))
     return world, ckpt
 
 

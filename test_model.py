@@ -14,7 +14,8 @@ from transformers import AutoTokenizer, StaticCache
 
 import data
 from conftest import run_script
-from model import (VisionOnceLM, continue_positions, embed_prompts, generate, load_model, make_tiny_checkpoint,
+from demo import make_tiny_checkpoint
+from model import (VisionOnceLM, continue_positions, embed_prompts, generate, load_model,
                    micro_batches, rope_positions, sample_next, stop_token_ids, token_logprobs)
 
 TEXTS = [data.QUESTION_TEMPLATE, *data.TYPE_TEMPLATE.values(), data.SYSTEM_PROMPT,
