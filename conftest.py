@@ -46,9 +46,10 @@ def demo_assets():
 
 @pytest.fixture(scope="session")
 def sft_run(demo_assets, tmp_path_factory):
-    """Two thirds of the demo SFT (20 epochs, 520 steps): formatted answers, so RL rewards vary."""
+    """The start of the demo SFT (from the warmed-up tiny model, built on first use): formatted answers,
+    so RL rewards vary."""
     out = str(tmp_path_factory.mktemp("sft"))
-    run_script("sft.py", f"--out_dir={out}", "--num_epochs=20", "--n_samples=16", "--sample_tokens=96")
+    run_script("sft.py", f"--out_dir={out}", "--max_steps=200", "--n_samples=16", "--sample_tokens=96")
     return out
 
 

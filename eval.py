@@ -51,7 +51,7 @@ seed = 0                                # frame shuffles and sampling (temperatu
 # vision (SPEC 1.3; the demo world uses tiny frames, config/eval_7b.py the paper's)
 max_frames = 8                          # 16, 32 or 64 on the benchmarks
 fps = 2.0
-video_min_pixels = 112 * 112            # demo: 56x56 media upscaled so the tiny model gets 64 tokens a video; paper 128*28*28
+video_min_pixels = 112 * 112            # demo: 112x112 frames, 64 tokens a video; paper 128*28*28
 video_max_pixels = 112 * 112
 image_min_pixels = 112 * 112            # demo: 16 tokens an image; paper 4*28*28 .. 256*28*28
 image_max_pixels = 112 * 112            # release: 256*28*28

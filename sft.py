@@ -31,7 +31,7 @@ val_rows = 32                           # held out from the train file for the v
 # vision (SPEC 1.3; the demo world uses tiny frames)
 max_frames = 8                          # 16 in the paper
 fps = 2.0
-video_min_pixels = 112 * 112            # demo: 56x56 media upscaled so the tiny model gets 64 tokens a video; paper 128*28*28
+video_min_pixels = 112 * 112            # demo: 112x112 frames, 64 tokens a video; paper 128*28*28
 video_max_pixels = 112 * 112
 image_min_pixels = 112 * 112            # demo: 16 tokens an image; paper 4*28*28 .. 256*28*28
 image_max_pixels = 112 * 112            # paper: 256*28*28
@@ -47,6 +47,7 @@ lora_dropout = 0.05                     # on the adapters' input
 lora_target = ["language"]              # "language": LM attention + MLP projections; + "vision": the vision tower
 # optimisation
 num_epochs = 30                         # paper: 1 (165k rows); the demo world is small
+max_steps = None                        # stop after this many steps (None: all num_epochs)
 batch_size = 8                          # samples per rank per step
 micro_batch_size = 8                    # samples per forward/backward
 lr = 3e-3                               # paper: 1e-6; a random tiny model needs much more
@@ -162,8 +163,10 @@ def main():
     lengths = [(r["data_type"], len(r["problem"]) + len(r.get("process", ""))) for r in train]
     skipped = 0
     steps_per_epoch = len(train) // (batch_size * world)
-    max_steps = num_epochs * steps_per_epoch
-    if max_steps == 0:
+    total_steps = num_epochs * steps_per_epoch
+    if max_steps is not None:
+        total_steps = min(total_steps, max_steps)
+    if total_steps == 0:
         raise ValueError(f"{len(train)} training rows are fewer than one global batch of {batch_size * world}")
     if eval_every and val_rows % (world * micro_batch_size):
         # every rank must run the same number of validation forwards (DDP forwards are collective)
@@ -174,7 +177,7 @@ def main():
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, betas=adam_betas,
                                   eps=adam_eps, weight_decay=weight_decay)
     warm = lambda u: (u + 1) / warmup_steps if u < warmup_steps else \
-        0.5 * (1 + math.cos(math.pi * min(1.0, (u - warmup_steps) / max(1, max_steps - warmup_steps))))
+        0.5 * (1 + math.cos(math.pi * min(1.0, (u - warmup_steps) / max(1, total_steps - warmup_steps))))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warm)
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
 
@@ -191,7 +194,7 @@ def main():
     encode = lambda row: encode_row(row, tokenizer)
     if master:
         print(f"{len(train)} train rows, {len(val)} held out, "
-              f"{max_steps} steps of {batch_size} x {world} samples")
+              f"{total_steps} steps of {batch_size} x {world} samples")
 
     def validate():
         """(mean NLL over the held-out targets, bad media, rows read); unusable held-out rows are replaced by
@@ -211,7 +214,7 @@ def main():
         policy.train()
         return (accelerator.reduce(nll, "sum") / accelerator.reduce(count, "sum").clamp(min=1)).item(), bad, n_read
 
-    for step in range(start_step, max_steps):
+    for step in range(start_step, total_steps):
         t0 = time.time()
         epoch, j = divmod(step, steps_per_epoch)
         step_rows = [train[i] for i in length_batches(lengths, batch_size * world, epoch)[j][rank::world]]
@@ -251,7 +254,7 @@ def main():
                    "grad_norm": grad_norm, "tokens": n_tokens, "skipped_samples": skipped,
                    "skipped_updates": skipped_updates,
                    "t_step": time.time() - t0}
-        if eval_every and ((step + 1) % eval_every == 0 or step + 1 == max_steps):
+        if eval_every and ((step + 1) % eval_every == 0 or step + 1 == total_steps):
             metrics["val_loss"], val_bad, val_read = validate()
             bad, n_read = bad + val_bad, n_read + val_read
         bad_media.update(step + 1, bad, n_read)  # stops the run past max_bad_media_share
@@ -259,9 +262,9 @@ def main():
         metrics_log.log(metrics)
         if master:
             val_text = f" | val {metrics['val_loss']:.4f}" if "val_loss" in metrics else ""
-            print(f"step {step + 1:5d}/{max_steps} | loss {loss:.4f}{val_text} | lr {metrics['lr']:.2e} "
+            print(f"step {step + 1:5d}/{total_steps} | loss {loss:.4f}{val_text} | lr {metrics['lr']:.2e} "
                   f"| grad {grad_norm:.2f} | bad media {bad_media.bad} | {metrics['t_step']:.2f}s")
-        if (step + 1) % save_every == 0 or step + 1 == max_steps:
+        if (step + 1) % save_every == 0 or step + 1 == total_steps:
             save_checkpoint(accelerator, policy, tokenizer, out_dir, step + 1,
                             {"skipped_updates": skipped_updates, "skipped_samples": skipped,
                              "bad_media_state": bad_media.state(), "config": config}, keep_last=keep_last)

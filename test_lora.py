@@ -210,7 +210,8 @@ def test_lora_tgrpo_two_processes_keep_identical_weights(sft_run, tmp_path):
 
 @pytest.mark.slow
 def test_lora_sft_resumes_exactly_and_feeds_lora_tgrpo(demo_assets, tmp_path):
-    common = ["sft.py", "--num_epochs=1", "--batch_size=32", "--eval_every=0", "--n_samples=2",
+    common = ["sft.py", f"--model_path={demo_assets[1]}", "--max_steps=6", "--batch_size=32", "--eval_every=0",
+              "--n_samples=2",
               "--sample_tokens=16", "--save_every=2", "--keep_last=5", "--lora_rank=8", "--lora_alpha=16"]
     run_script(*common, f"--out_dir={tmp_path}/a")
     run_script(*common, f"--out_dir={tmp_path}/b", f"--resume={tmp_path}/a/step_000002")

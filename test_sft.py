@@ -1,5 +1,6 @@
 """SFT: the loss covers exactly the assistant tokens (checked against a Hugging Face forward with
 labels built independently from the full conversation), it learns, runs on 2 processes, resumes."""
+import json
 import math
 import os
 
@@ -113,7 +114,8 @@ def test_sft_learns_the_demo(sft_run):
 def test_two_processes_match_one_and_bf16_tracks_fp32(demo_assets, tmp_path):
     # a global batch of 32 rows as 1 x 32 or 2 x 16: the same rows, the same global token-mean loss,
     # hence the same weights (up to float summation order)
-    common = ["sft.py", "--num_epochs=1", "--eval_every=0", "--n_samples=0", "--micro_batch_size=8"]
+    common = ["sft.py", f"--model_path={demo_assets[1]}", "--max_steps=6", "--eval_every=0", "--n_samples=0",
+              "--micro_batch_size=8"]
     run_script(*common, f"--out_dir={tmp_path}/one", "--batch_size=32")
     run_script(*common, f"--out_dir={tmp_path}/two", "--batch_size=16", processes=2)
     one, two = read_metrics(f"{tmp_path}/one"), read_metrics(f"{tmp_path}/two")
@@ -147,7 +149,8 @@ def test_two_processes_match_one_and_bf16_tracks_fp32(demo_assets, tmp_path):
 
 @pytest.mark.slow
 def test_resume_continues_exactly(demo_assets, tmp_path):
-    common = ["sft.py", "--num_epochs=1", "--batch_size=32", "--eval_every=0", "--n_samples=0",
+    common = ["sft.py", f"--model_path={demo_assets[1]}", "--max_steps=6", "--batch_size=32", "--eval_every=0",
+              "--n_samples=0",
               "--save_every=2", "--keep_last=5"]
     run_script(*common, f"--out_dir={tmp_path}/a")
     run_script(*common, f"--out_dir={tmp_path}/b", f"--resume={tmp_path}/a/step_000002")
@@ -166,8 +169,13 @@ def test_bad_media_rows_are_replaced_logged_and_resume_exactly(demo_assets, tmp_
     world, _ = demo_assets
     kinds_at = {7 + 29 * i: kind for i, kind in enumerate(BAD_MEDIA)}
     file, bad_paths = dataset_with_bad_media(os.path.join(world, "cot.json"), tmp_path, kinds_at)
+    with open(file) as f:
+        rows = json.load(f)[:224]  # 32 held out + one epoch of 6 steps of 32
+    with open(file, "w") as f:
+        json.dump(rows, f)
     out = tmp_path / "out"
-    common = ["sft.py", f"--data_dir={tmp_path}", f"--out_dir={out}", "--num_epochs=1", "--batch_size=32",
+    common = ["sft.py", f"--model_path={demo_assets[1]}", f"--data_dir={tmp_path}", f"--out_dir={out}",
+              "--num_epochs=1", "--batch_size=32",
               "--eval_every=2", "--n_samples=32", "--sample_tokens=4", "--save_every=2", "--keep_last=5",
               "--max_bad_media_share=0.1"]
     stdout = run_script(*common)
@@ -195,10 +203,11 @@ def test_bad_media_rows_are_replaced_logged_and_resume_exactly(demo_assets, tmp_
 
 @pytest.mark.slow
 def test_too_many_bad_media_rows_stop_the_run_with_a_clear_error(demo_assets, tmp_path):
-    world, _ = demo_assets
+    world, tiny = demo_assets
     kinds = list(BAD_MEDIA)
     dataset_with_bad_media(os.path.join(world, "cot.json"), tmp_path, {i: kinds[i % len(kinds)] for i in range(120)})
     with pytest.raises(AssertionError, match=r"rows read so far had media that failed to load, more than "
                                              r"max_bad_media_share=0.01: see .*bad_media.txt"):
-        run_script("sft.py", f"--data_dir={tmp_path}", f"--out_dir={tmp_path}/out", "--num_epochs=1",
+        run_script("sft.py", f"--model_path={tiny}", f"--data_dir={tmp_path}",
+                   f"--out_dir={tmp_path}/out", "--num_epochs=1",
                    "--batch_size=32", "--eval_every=0", "--n_samples=0")

@@ -38,7 +38,7 @@ out_dir = "out/tgrpo_demo"
 # vision (SPEC 1.3; the demo world uses tiny frames)
 max_frames = 8                          # 16 in the paper
 fps = 2.0
-video_min_pixels = 112 * 112            # demo: 56x56 media upscaled so the tiny model gets 64 tokens a video; paper 128*28*28
+video_min_pixels = 112 * 112            # demo: 112x112 frames, 64 tokens a video; paper 128*28*28
 video_max_pixels = 112 * 112
 image_min_pixels = 112 * 112            # demo: 16 tokens an image; paper 4*28*28 .. 256*28*28
 image_max_pixels = 112 * 112            # paper: 256*28*28
