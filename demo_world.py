@@ -41,7 +41,7 @@ SQUARE = 44                       # px, centred in its 56 px quadrant
 DIRECTIONS = ("left", "right", "up", "down")
 USUAL_COLOUR = {"left": "green", "right": "red", "up": "blue", "down": "yellow"}  # the direction shortcut
 NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight")
-GLYPHS = {  # 3x5 blocky letters, drawn with 8 px blocks (24x40 px): legible without a font file
+GLYPHS = {  # 3x5 blocky letters, drawn with 14 px blocks (42x70 px): legible without a font file
     "A": "111101111101101", "C": "111100100100111", "E": "111100111100111", "H": "101101111101101",
     "L": "100100100100111", "O": "111101101101111", "T": "111010010010010", "U": "101101101101111"}
 ORDER_DEPENDENT = ("order", "sequence", "direction")
@@ -95,8 +95,7 @@ def _order(rng, k):
     qa, qb = (int(q) for q in rng.permutation(4)[:2])  # and neither do the places
     frames = video([[(qa, a)]] * switch + [[(qb, b)]] * (MOMENTS - switch))
     opts, letter = options(NAMES, a)
-    think = (f"At the start I see a {a} square at the {QUADRANTS[qa]}. At the end I see a {b} square at the "
-             f"{QUADRANTS[qb]}. So the {a} square comes first.")
+    think = f"First: {caption([(qa, a)])}. Last: {caption([(qb, b)])}. So {a} is first."
     return frames, "Which colour of square appears first in the video?", "multiple choice", opts, letter, think
 
 
@@ -107,8 +106,7 @@ def _sequence(rng, k):
     runs[int(rng.integers(3))] += 1  # 4 moments in 3 runs
     frames = video([[(q, c)] for q, c, n in zip(quadrants, colours, runs) for _ in range(n)])
     answer = ", ".join(colours)
-    think = (f"At the start I see a {colours[0]} square. After the {colours[0]} square comes a {colours[1]} square. "
-             f"At the end I see a {colours[2]} square. In order: {answer}.")
+    think = f"First: a {colours[0]} square. Next: a {colours[1]} square. Last: a {colours[2]} square. In order: {answer}."
     return frames, "Name the colours of the squares in the order they appear.", "free-form", [], answer, think
 
 
@@ -120,8 +118,7 @@ def _direction(rng, k):
     end, switch = neighbour(start, d), int(rng.integers(1, MOMENTS))
     frames = video([[(start, colour)]] * switch + [[(end, colour)]] * (MOMENTS - switch))
     opts, letter = options(DIRECTIONS, d)
-    think = (f"At the start I see a {colour} square at the {QUADRANTS[start]}. At the end I see a {colour} square "
-             f"at the {QUADRANTS[end]}. So it moves {d}.")
+    think = f"First: {caption([(start, colour)])}. Last: {caption([(end, colour)])}. So it moves {d}."
     return frames, "In which direction does the square move?", "multiple choice", opts, letter, think
 
 
@@ -129,7 +126,7 @@ def _count(rng, k):
     n = 1 + k % 4
     scene = list(zip((int(q) for q in rng.permutation(4)[:n]), (str(c) for c in rng.choice(NAMES, n))))
     frames = video([scene] * MOMENTS)
-    think = f"I see {caption(scene)}, from the start to the end. So there {'is' if n == 1 else 'are'} {n}."
+    think = f"First and last: {caption(scene)}. So there {'is' if n == 1 else 'are'} {n}."
     return frames, "How many squares are in the video?", "numerical", [], str(n), think
 
 
@@ -138,22 +135,22 @@ def _colour(rng, k):
     image = canvas(1)
     draw_square(image, quadrant, colour, size=int(rng.integers(32, 53)))
     opts, letter = options(NAMES, colour)
-    think = f"I see {caption([(quadrant, colour)])}. So the colour is {colour}."
+    think = f"I see {caption([(quadrant, colour)])}. So it is {colour}."
     return image, "What colour is the square in the image?", "multiple choice", opts, letter, think
 
 
 def draw_letters(image, word):
     for i, letter in enumerate(word):
         for j in [j for j, bit in enumerate(GLYPHS[letter]) if bit == "1"]:
-            y, x = 36 + 8 * (j // 3), 16 + 56 * i + 8 * (j % 3)  # one letter centred in each half
-            image[0, y:y + 8, x:x + 8] = 235
+            y, x = 14 + 14 * (j // 3), 56 * i + 14 * (j % 3)  # 14 px blocks: each ViT patch is on or off
+            image[0, y:y + 14, x:x + 14] = 235
 
 
 def _ocr(rng, k):
     word = "".join(str(c) for c in rng.choice(list(GLYPHS), 2))
     image = canvas(1)
     draw_letters(image, word)
-    think = f"The letter on the left is {word[0]} and the letter on the right is {word[1]}. So it reads {word}."
+    think = f"Left: {word[0]}. Right: {word[1]}. So it reads {word}."
     return image, "What text is written in the image?", "OCR", [], word, think
 
 
@@ -172,7 +169,7 @@ def _area(rng, k):
     image = canvas(1)
     draw_cells(image, rng.permutation(16)[:n], colour)
     percent = f"{100 * n / 16:g}"
-    think = f"I see {cells_text(n, colour)} of the 16 in the grid. {n} of 16 is {percent} percent."
+    think = f"I see {cells_text(n, colour)} of 16. {n} of 16 is {percent} percent."
     return image, "What percentage of the image is coloured?", "regression", [], percent, think
 
 
@@ -193,7 +190,7 @@ IMAGE_FAMILIES = {"colour": _colour, "ocr": _ocr, "area": _area, "describe": _de
 
 def _warmup_video(rng):
     """1-3 squares, each on screen for its own time span, some jumping to a neighbouring quadrant on the
-    way, and one short question about what is seen at the start, at the end, or which comes first ->
+    way, and one short question about what is seen first, last, or which comes first ->
     (frames, question, answer)."""
     n = int(rng.integers(1, 4))
     colours, quadrants = [str(c) for c in rng.permutation(NAMES)[:n]], [int(q) for q in rng.permutation(4)[:n]]
@@ -221,8 +218,8 @@ def _warmup_video(rng):
         i = int(rng.choice(sorted(nexts)))
         return video(scenes), f"What comes after the {colours[i]} square?", f"a {colours[nexts[i]]} square"
     if kind == 1:
-        return video(scenes), "What do you see at the end?", caption(scenes[-1])
-    return video(scenes), "What do you see at the start?", caption(scenes[0])
+        return video(scenes), "What do you see last?", caption(scenes[-1])
+    return video(scenes), "What do you see first?", caption(scenes[0])
 
 
 def _warmup_image(rng):

@@ -113,9 +113,9 @@ def test_warmup_answers_match_the_pixels(world):
     for r in data.load_rows(str(out / "warmup.json")):
         answer = r["solution"][len("<answer>"):-len("</answer>")]
         frames, _ = data.load_frames(r, **DEMO)
-        if r["problem"] == "What do you see at the start?":
+        if r["problem"] == "What do you see first?":
             assert W.caption(sorted(squares(frames[0]).items())) == answer
-        elif r["problem"] == "What do you see at the end?":
+        elif r["problem"] == "What do you see last?":
             assert W.caption(sorted(squares(frames[-1]).items())) == answer
         elif r["problem"] == "Describe the picture.":
             assert W.caption(sorted(squares(frames[0]).items())) == answer
