@@ -340,10 +340,11 @@ def prefetch(fn, items):
     """Yield fn(item) for each item, in order, while one background thread already computes fn of the next
     item: the next step's media decode while the model works on this one. fn runs item after item on that
     thread, so the results, and the exception fn raises (at its item's turn), are exactly those of
-    `for item in items: yield fn(item)`. A thread, not a process (measured: bench.py --parts=prefetch): decord
-    and torch release the GIL while they work, and the tensors need no copying; torch ops there use the
-    process's thread count (1 on the demo and under `accelerate launch`). fn must not run collectives or
-    touch the GPU: the caller moves tensors to the device.
+    `for item in items: yield fn(item)`. A thread rather than a process: decord and torch release the GIL while
+    they work, and fn may be any closure, its tensors need no copying and its exceptions come as they are (a
+    background process measured about as fast: bench.py --parts=prefetch). Torch ops there use the process's
+    thread count (1 on the demo and under `accelerate launch`). fn must not run collectives or touch the GPU:
+    the caller moves tensors to the device.
     """
     items = iter(items)
     with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
