@@ -1,7 +1,7 @@
 """
 bench.py: what each speed lever of model.py is worth, measured side by side in one run. Run by hand, not in CI.
 
-    python bench.py                                   # random-weight Qwen2.5-VL on CPU, 2-5 minutes
+    python bench.py                                   # random-weight Qwen2.5-VL on CPU, about 10 minutes
     python bench.py --parts=rollout,logprob          # some parts: rollout, logprob, sft, step, media, prefetch
     python bench.py --device=cuda --dtype=bfloat16    # the same on a GPU
 
