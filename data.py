@@ -336,6 +336,8 @@ def collate(prompts, visuals, tokenizer):
         input_ids[b, L - len(s):] = torch.tensor(s)
         attention_mask[b, L - len(s):] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "visuals": list(visuals)}
+
+
 def prefetch(fn, items):
     """Yield fn(item) for each item, in order, while one background thread already computes fn of the next
     item: the next step's media decode while the model works on this one. fn runs item after item on that
