@@ -1,8 +1,8 @@
 """
 bench.py: what each speed lever of model.py is worth, measured side by side in one run. Run by hand, not in CI.
 
-    python bench.py                                   # random-weight Qwen2.5-VL on CPU, 2-5 minutes
-    python bench.py --parts=rollout,logprob          # some parts: rollout, logprob, sft, step, media
+    python bench.py                                   # random-weight Qwen2.5-VL on CPU, about 10 minutes
+    python bench.py --parts=rollout,logprob          # some parts: rollout, logprob, sft, step, media, prefetch
     python bench.py --device=cuda --dtype=bfloat16    # the same on a GPU
 
 Both sides of a comparison get the same model and inputs; they alternate, and the best of `repeats`
@@ -27,12 +27,23 @@ visual tokens, 722 tokens in all.
 5. media: H.264 files written once with PyAV into media_dir (640x360 and 1280x720, 30 fps, 10 s and
    120 s, x264 ultrafast, a keyframe every 250 frames), decoded with data.load_video + patchified at
    the training (16 frames, 128*28*28 pixels) and evaluation (64 frames, 256*28*28) settings.
+6. prefetch: a T-GRPO-like loop of `prefetch_steps` steps, one video prompt each (the release's one
+   prompt per GPU): its clip (the four files above in turn) decoded at the training setting, shuffled,
+   patchified and collated, then the rollout (8 + 4 samples), reference log-probs, policy forward +
+   backward. The media come inline (decoded at the start of each step), from a background thread
+   (data.prefetch: what sft.py, tgrpo.py and eval.py use), from a background process, or were all decoded
+   before the loop; every way gives the same losses (checked). Wall time (the background works in parallel
+   to the model, so CPU time would not show it; it needs a free core), the first step's decode left out.
+   Then eval's decode-once: 4 clips x 3 questions, decoded per question vs once per clip.
 """
 import ctypes
+import itertools
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import av
 import numpy as np
@@ -47,7 +58,7 @@ from model import VisionOnceLM, embed_prompts, generate, load_model, token_logpr
 device = "cpu"             # "cuda" on a GPU machine
 dtype = "float32"          # "bfloat16" on a GPU
 threads = 1                # torch CPU threads: 1 gives steady timings on a shared machine
-parts = "rollout,logprob,sft,step,media"
+parts = "rollout,logprob,sft,step,media,prefetch"
 num_prompts = 2            # video prompts per rollout batch
 G = 8                      # ordered samples per prompt (paper)
 G_shuffled = 4             # shuffled-frame samples per prompt (paper)
@@ -64,6 +75,7 @@ vision_hidden_size = 64    # vision width (4 heads)
 vision_depth = 4           # vision blocks
 repeats = 3                # timed runs per side (after a warm-up), alternating; the best counts
 media_dir = "out/bench_media"  # the H.264 files, written on first use
+prefetch_steps = 8         # steps of the prefetch loop (the four clips in turn)
 seed = 0
 config = configure(globals())
 
@@ -286,7 +298,7 @@ MEDIA = [(640, 360, 10), (640, 360, 120), (1280, 720, 10), (1280, 720, 120)]
 SETTINGS = {"train": dict(max_frames=16, min_pixels=128 * 28 * 28, max_pixels=128 * 28 * 28),  # sft.py, tgrpo.py
             "eval": dict(max_frames=64, min_pixels=128 * 28 * 28, max_pixels=256 * 28 * 28)}  # config/eval_7b.py
 media_paths = {}
-if wanted & {"step", "media"}:
+if wanted & {"step", "media", "prefetch"}:
     os.makedirs(media_dir, exist_ok=True)
     for w, h, s in MEDIA:
         media_paths[w, h, s] = os.path.join(media_dir, f"pan_{w}x{h}_{s}s.mp4")
@@ -350,6 +362,91 @@ if "media" in wanted:
             t_patch = min(timed(lambda: data.make_visual(video, spt)) for _ in range(2))
             media_rows.append((f"{w}x{h}, {s} s", setting, tuple(video.shape), t_decode, t_patch))
 
+prefetch_rows = []
+if "prefetch" in wanted:
+    clips = [media_paths[m] for m in MEDIA]
+
+    def step_inputs(k):
+        """Loop step k's batch: its clip decoded at the training setting, ordered and shuffled, collated."""
+        video, second_per_grid_t = data.load_video(clips[k % len(clips)], **SETTINGS["train"])  # [16, 3, H, W]
+        shuffled = data.shuffle_frames(video, torch.Generator().manual_seed(k))
+        visuals = [data.make_visual(video, second_per_grid_t), data.make_visual(shuffled, second_per_grid_t)]
+        return data.collate(prompts[:1] * 2, visuals, tokenizer)
+
+    def model_step(k, step_batch):
+        """Rollout, reference log-probs, policy forward + backward of one prompt; returns the loss."""
+        out = generate(hf, step_batch, [G, G_shuffled], spread_max_new_tokens, stop_ids=stop_ids, **sampling,
+                       generator=torch.Generator(device).manual_seed(seed + k))
+        rows = torch.arange(G)  # the ordered rows are trained on
+        args = (step_batch, out["prompt_index"][rows], out["completion_ids"][rows], out["lengths"][rows])
+        with torch.no_grad():
+            logp_ref = token_logprobs(policy, *args)                        # [G, T]
+        hf.zero_grad(set_to_none=True)
+        loss = (token_logprobs(policy, *args) - logp_ref).square().sum()  # a stand-in: any loss costs the same
+        loss.backward()
+        return loss.item()
+
+    def process_prefetch(fn, items):
+        """data.prefetch with a process instead of a thread (the pool is started before the clock)."""
+        items = iter(items)
+        pending = [pool.submit(fn, item) for item in itertools.islice(items, 1)]
+        while pending:
+            result = pending.pop().result()
+            pending = [pool.submit(fn, item) for item in itertools.islice(items, 1)]
+            yield result
+
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"), initializer=torch.set_num_threads,
+                               initargs=(1,))
+    pool.submit(int).result()  # started
+    predecoded = [step_inputs(k) for k in range(prefetch_steps)]
+    ways = {"inline": lambda: (step_inputs(k) for k in range(prefetch_steps)),
+            "background thread (data.prefetch)": lambda: data.prefetch(step_inputs, range(prefetch_steps)),
+            "background process": lambda: process_prefetch(step_inputs, range(prefetch_steps)),
+            "pre-decoded": lambda: iter(predecoded)}
+
+    def run_loop(way):
+        """Wall seconds of the loop from step 0's model work on (its inputs are fetched before), and the losses."""
+        inputs = ways[way]()
+        first = next(inputs)
+        sync()
+        t0 = time.perf_counter()
+        losses = [model_step(0, first)] + [model_step(k, next(inputs)) for k in range(1, prefetch_steps)]
+        sync()
+        return time.perf_counter() - t0, losses
+
+    model_step(0, predecoded[0])  # warm-up
+    load_before = os.getloadavg()[0]  # the background needs a free core: other work on the machine takes it
+    best, losses = {way: float("inf") for way in ways}, {}
+    for _ in range(repeats):
+        for way in ways:
+            t, losses[way] = run_loop(way)
+            best[way] = min(best[way], t)
+    pool.shutdown()
+    load_after = os.getloadavg()[0]
+    assert all(l == losses["inline"] for l in losses.values()), f"the ways gave different losses: {losses}"
+    t_media = sum(min(timed(lambda: step_inputs(k)) for _ in range(2)) for k in range(1, prefetch_steps))
+    prefetch_rows = [(way, t, t / best["pre-decoded"]) for way, t in best.items()]
+
+    # eval: each clip asked 3 questions (VideoMME's 3 per video), at the evaluation setting; the old loop decoded
+    # once per question, eval.py's frames_of once per clip
+    eval_rows = [{"media": clip, "data_type": "video"} for clip in clips for _ in range(3)]
+    settings = dict(max_frames=64, video_min_pixels=128 * 28 * 28, video_max_pixels=256 * 28 * 28)
+
+    def per_question():
+        for row in eval_rows:
+            data.make_visual(*data.load_frames(row, **settings))
+
+    def decode_once():
+        decoded = {}
+        for row in eval_rows:
+            if row["media"] not in decoded:  # the rows of a clip are adjacent: keep only the last clip
+                decoded = {row["media"]: data.load_frames(row, **settings)}
+            data.make_visual(*decoded[row["media"]])
+
+    t_once, t_each = compare(decode_once, per_question)
+    rows_out.append((f"eval media, {len(clips)} clips x 3 questions at 64 frames, 256*28*28: decoded once per clip "
+                     f"vs once per question", t_once, t_each, "-"))
+
 # report
 visual = hf.model.visual
 # multiply-adds per visual token: every block runs on its 4 patches, the merger once; the LM's layers once
@@ -374,6 +471,14 @@ if step_split:
     print("\n| phase | s | share |\n|---|---|---|")
     for what, t in step_split:
         print(f"| {what} | {t:.3f} | {t / total:.0%} |")
+if prefetch_rows:
+    print(f"\nT-GRPO-like loop, {prefetch_steps} steps of 1 video prompt (the four clips in turn, 16 frames), "
+          f"{G} + {G_shuffled} samples of at most {spread_max_new_tokens} tokens; media of steps 2-{prefetch_steps} "
+          f"alone: {t_media:.2f} s; wall time, best of {repeats}; load average {load_before:.1f} before, "
+          f"{load_after:.1f} after ({os.cpu_count()} cores)")
+    print("\n| media | loop (s) | vs pre-decoded |\n|---|---|---|")
+    for way, t, ratio in prefetch_rows:
+        print(f"| {way} | {t:.2f} | {ratio:.3f}x |")
 if media_rows:
     print("\n| video | setting | frames [T, 3, H, W] | decode (s) | patchify (s) | frames/s |")
     print("|---|---|---|---|---|---|")

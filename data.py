@@ -12,13 +12,14 @@ with PIL (bit-exact with the Hugging Face PIL image processor), videos with torc
 within one grey level of PIL).
 """
 import collections
+import itertools
 import json
 import math
 import os
 import re
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 import decord
@@ -335,6 +336,27 @@ def collate(prompts, visuals, tokenizer):
         input_ids[b, L - len(s):] = torch.tensor(s)
         attention_mask[b, L - len(s):] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "visuals": list(visuals)}
+
+
+def prefetch(fn, items):
+    """Yield fn(item) for each item, in order, while one background thread already computes fn of the next
+    item: the next step's media decode while the model works on this one. fn runs item after item on that
+    thread, so the results, and the exception fn raises (at its item's turn), are exactly those of
+    `for item in items: yield fn(item)`. A thread rather than a process: decord and torch release the GIL while
+    they work, and fn may be any closure, its tensors need no copying and its exceptions come as they are (a
+    background process measured about as fast: bench.py --parts=prefetch). Torch ops there use the process's
+    thread count (1 on the demo and under `accelerate launch`). fn must not run collectives or touch the GPU:
+    the caller moves tensors to the device.
+    """
+    items = iter(items)
+    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
+        pending = [pool.submit(fn, item) for item in itertools.islice(items, 1)]
+        while pending:
+            result = pending.pop().result()
+            pending = [pool.submit(fn, item) for item in itertools.islice(items, 1)]
+            yield result
+
+
 # ---------------------------------------------------------------------------- checking a dataset file
 # python data.py check FILE [--key=value ...]: every row validated, every media file decoded with the frame
 # settings training will use, in parallel; a report of the bad rows, a non-zero exit when there are any, and

@@ -24,9 +24,11 @@ Simplified on purpose:
 - A row whose media fails to load is recorded with status "error" and its reason, left out of the
   scores (the table counts it) and tried again on the next run.
 - The temporal-reasoning share is a keyword proxy (TEMPORAL_WORDS below), not the paper's judgement.
-- Each process holds the whole model (a 7B model fits one GPU in bf16); rows are dealt out by index,
-  and on several nodes out_dir must be a shared folder.
+- Each process holds the whole model (a 7B model fits one GPU in bf16); rows are dealt out by media
+  file (each file is decoded once, for all its questions), and on several nodes out_dir must be a
+  shared folder. The next batch's media decode in a background thread while the model answers.
 """
+import collections
 import glob
 import json
 import os
@@ -110,6 +112,11 @@ def score_sample(output, solution, problem_type):
     m = ANSWER_RE.search(output)
     return {"answer": m.group(1).strip() if m else output.strip(),
             "score": eval_score(output, solution, problem_type), "temporal": refers_to_time(output)}
+
+
+def media_key(row):
+    """What load_frames reads for a row: rows with the same key share one decode."""
+    return row["media"], row["data_type"]
 
 
 def mean(xs):
@@ -242,23 +249,31 @@ def main():
         with open(settings_path, "w") as f:
             json.dump(settings, f, indent=1)
 
-    # the work: every (row, ordered/shuffled) of every benchmark; rank r answers rows i with i % world == r
+    # the work: every (row, ordered/shuffled) of every benchmark. The rows that read one media file (VideoMME
+    # asks 3 questions per video) go to one rank, one after the other, so that it decodes the file once; each
+    # file goes to the rank with the fewest jobs so far
     if benchmarks == "all":
         names = sorted(f[len("eval_"):-len(".json")] for f in os.listdir(data_dir)
                        if f.startswith("eval_") and f.endswith(".json"))
     else:
         names = [b.strip() for b in benchmarks.split(",")]
-    jobs, expected = [], set()
+    jobs, expected, load = [], set(), [0] * world
     for name in names:
         file = os.path.join(data_dir, f"eval_{name}.json")
         rows = data.load_rows(file, limit=limit)
         if len({r["problem_id"] for r in rows}) != len(rows):
             raise ValueError(f"{file}: problem_id values repeat; answers are saved under them")
+        readers = {}  # media file -> its rows, in file order
         for i, row in enumerate(rows):
-            for shuffled in ([False, True] if shuffle and row["data_type"] == "video" else [False]):
-                expected.add((name, row["problem_id"], shuffled))
-                if i % world == rank:
-                    jobs.append((name, i, row, shuffled))
+            readers.setdefault(media_key(row), []).append(i)
+        for users in readers.values():
+            r = load.index(min(load))
+            for i in users:
+                for shuffled in ([False, True] if shuffle and rows[i]["data_type"] == "video" else [False]):
+                    expected.add((name, rows[i]["problem_id"], shuffled))
+                    load[r] += 1
+                    if r == rank:
+                        jobs.append((name, i, rows[i], shuffled))
     done = {k for k, r in read_records(out_dir, names).items() if r["status"] == "ok"}
     todo = [j for j in jobs if (j[0], j[2]["problem_id"], j[3]) not in done]
     accelerator.wait_for_everyone()  # every rank has read the old answers before anyone appends
@@ -272,32 +287,52 @@ def main():
     sample_gen = torch.Generator(device=device).manual_seed(seed + rank)
     suffix = f".rank{rank}" if world > 1 else ""
     files = {name: open_answers(os.path.join(out_dir, f"{name}{suffix}.jsonl")) for name in names}
-    n_batches = (len(todo) + batch_size - 1) // batch_size
-    t_start, n_tokens = time.time(), 0
-    for b in range(n_batches):
-        # 1. media and prompts; a row whose media fails to load becomes an error record, alone
-        records, prompts, visuals, loaded = [], [], [], {}
-        for name, i, row, shuffled in todo[b * batch_size:(b + 1) * batch_size]:
+    uses = collections.Counter(media_key(row) for _, _, row, _ in todo)
+    decoded = {}  # media file -> (frames, seconds per patch) or its MediaError, until its last job here has it
+
+    def frames_of(row):
+        """load_frames once per media file for all the jobs reading it (its questions, ordered and shuffled); they
+        are adjacent in todo, so this holds at most one decoded file. Raises the file's MediaError for each job."""
+        key = media_key(row)
+        if key not in decoded:
+            try:
+                decoded[key] = data.load_frames(row, max_frames, fps, video_min_pixels, video_max_pixels,
+                                                image_min_pixels, image_max_pixels)
+            except data.MediaError as e:
+                decoded[key] = e
+        uses[key] -= 1
+        got = decoded[key] if uses[key] else decoded.pop(key)
+        if isinstance(got, data.MediaError):
+            raise got
+        return got
+
+    def batch_inputs(batch_jobs):
+        """1. media and prompts of a batch; a row whose media fails to load becomes an error record, alone.
+        Runs on the prefetch thread, batch after batch, while the model answers the batch before."""
+        records, prompts, visuals = [], [], []
+        for name, i, row, shuffled in batch_jobs:
             rec = {"benchmark": name, "problem_id": row["problem_id"], "shuffled": shuffled,
                    "problem_type": row["problem_type"], "data_source": row.get("data_source", ""),
                    "solution": row["solution"]}
             records.append(rec)
             t0 = time.time()
             try:
-                if (name, i) not in loaded:  # the ordered and shuffled job of a row share one decode
-                    loaded[(name, i)] = data.load_frames(row, max_frames, fps, video_min_pixels,
-                                                         video_max_pixels, image_min_pixels, image_max_pixels)
+                frames, spt = frames_of(row)                             # [T, 3, H, W]
             except data.MediaError as e:  # missing, empty, damaged: this answer only
                 rec.update(status="error", error=str(e))
                 continue
-            frames, spt = loaded[(name, i)]                              # [T, 3, H, W]
             if shuffled:  # one seeded permutation per row: reruns and resumes see the same order
                 frames = data.shuffle_frames(frames, torch.Generator().manual_seed(seed * 1_000_003 + i),
                                              level=shuffle_level)        # [T, 3, H, W]
             prompts.append(data.prompt_text(row, template=template))
             visuals.append(data.make_visual(frames, spt))
             rec.update(status="ok", load_s=time.time() - t0)
+        return records, prompts, visuals
 
+    n_batches = (len(todo) + batch_size - 1) // batch_size
+    batches = data.prefetch(batch_inputs, (todo[b * batch_size:(b + 1) * batch_size] for b in range(n_batches)))
+    t_start, n_tokens = time.time(), 0
+    for b, (records, prompts, visuals) in enumerate(batches):
         # 2. one generate call for the batch, then score each answer
         ok = [r for r in records if r["status"] == "ok"]
         if ok:

@@ -202,32 +202,47 @@ def main():
         policy.eval()
         nll, count = torch.zeros((), device=device), torch.zeros((), device=device)
         gen, bad, n_read = torch.Generator().manual_seed(seed + rank), [], 0
+
+        def encode_chunk(i):  # on the prefetch thread, chunk after chunk: `gen` draws in the same order
+            samples, chunk_bad, chunk_read = [], [], 0
+            for row in val[i:i + micro_batch_size]:
+                _, e, too_long, row_bad = encode_or_replace(row, val, encode, gen)
+                samples.append(e)
+                chunk_bad, chunk_read = chunk_bad + row_bad, chunk_read + 1 + too_long + len(row_bad)
+            return samples, chunk_bad, chunk_read
+
         with torch.no_grad():
-            for i in range(rank * micro_batch_size, len(val), world * micro_batch_size):
-                samples = []
-                for row in val[i:i + micro_batch_size]:
-                    _, e, too_long, row_bad = encode_or_replace(row, val, encode, gen)
-                    samples.append(e)
-                    bad, n_read = bad + row_bad, n_read + 1 + too_long + len(row_bad)
+            chunks = range(rank * micro_batch_size, len(val), world * micro_batch_size)
+            for samples, chunk_bad, chunk_read in data.prefetch(encode_chunk, chunks):
+                bad, n_read = bad + chunk_bad, n_read + chunk_read
                 encoded = collate_targets(samples, tokenizer, device)
                 nll, count = nll + target_nll(policy, encoded), count + encoded[2].sum()
         policy.train()
         return (accelerator.reduce(nll, "sum") / accelerator.reduce(count, "sum").clamp(min=1)).item(), bad, n_read
 
+    def step_samples(step):
+        """The step's encoded samples: a sample longer than max_length or whose media fail to load is skipped,
+        counted, and replaced by a seeded random one. A pure function of (seed, step, rank): resume stays exact,
+        and a background thread prepares step s+1 while the model works on step s.
+        Returns (samples, samples too long, [(bad media path, reason)], rows read)."""
+        epoch, j = divmod(step, steps_per_epoch)
+        gen = torch.Generator().manual_seed(seed + 1_000_003 * step + 7_919 * rank)
+        samples, too_long, bad, n_read = [], 0, [], 0
+        for i in length_batches(lengths, batch_size * world, epoch)[j][rank::world]:
+            _, e, row_too_long, row_bad = encode_or_replace(train[i], train, encode, gen)
+            samples.append(e)
+            too_long += row_too_long
+            bad += row_bad
+            n_read += 1 + row_too_long + len(row_bad)
+        return samples, too_long, bad, n_read
+
+    inputs = data.prefetch(step_samples, range(start_step, total_steps))
     for step in range(start_step, total_steps):
         t0 = time.time()
-        epoch, j = divmod(step, steps_per_epoch)
-        step_rows = [train[i] for i in length_batches(lengths, batch_size * world, epoch)[j][rank::world]]
-        # a sample longer than max_length or whose media fail to load is skipped, counted, and replaced by
-        # a seeded random one (the same on resume)
-        gen = torch.Generator().manual_seed(seed + 1_000_003 * step + 7_919 * rank)
-        samples, bad, n_read = [], [], 0
-        for row in step_rows:
-            _, e, too_long, row_bad = encode_or_replace(row, train, encode, gen)
-            samples.append(e)
-            skipped += too_long
-            bad += row_bad
-            n_read += 1 + too_long + len(row_bad)
+        epoch = step // steps_per_epoch
+        samples, too_long, bad, n_read = next(inputs)
+        t_media = time.time() - t0  # waiting for this step's media: ~0 while decoding keeps up with the model
+        skipped += too_long
         chunks = [collate_targets(samples[i:i + micro_batch_size], tokenizer, device)
                   for i in range(0, len(samples), micro_batch_size)]
         # the loss is the mean over the target tokens of all ranks: DDP averages gradients over
@@ -252,7 +267,7 @@ def main():
         loss = accelerator.reduce(torch.tensor(total_nll, device=device), "sum").item() / n_tokens
         metrics = {"step": step + 1, "epoch": epoch, "loss": loss, "lr": scheduler.get_last_lr()[0],
                    "grad_norm": grad_norm, "tokens": n_tokens, "skipped_samples": skipped,
-                   "skipped_updates": skipped_updates,
+                   "skipped_updates": skipped_updates, "t_media": t_media,
                    "t_step": time.time() - t0}
         if eval_every and ((step + 1) % eval_every == 0 or step + 1 == total_steps):
             metrics["val_loss"], val_bad, val_read = validate()

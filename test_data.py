@@ -440,3 +440,39 @@ def test_check_names_a_file_that_crashes_the_decoder(world, tmp_path, monkeypatc
     finally:
         multiprocessing.set_start_method(method, force=True)
     assert len(items) == 12 and problems == [(5, crash, f"the decoder crashed its process on {crash}")]
+
+
+def test_prefetch_gives_the_plain_results_in_order_while_computing_the_next_ahead():
+    import threading
+    calls, next_started = [], threading.Event()
+
+    def fn(x):
+        calls.append((x, threading.get_ident()))
+        if x == 1:
+            next_started.set()
+        return x * x
+
+    got = []
+    for k, y in enumerate(data.prefetch(fn, range(5))):
+        if k == 0:  # item 1 is being computed while the caller still holds item 0, on another thread
+            assert next_started.wait(10)
+        assert len(calls) <= k + 2  # never more than one item ahead
+        got.append(y)
+    assert got == [x * x for x in range(5)] and [x for x, _ in calls] == list(range(5))
+    assert len({t for _, t in calls}) == 1 and calls[0][1] != threading.get_ident()
+
+
+def test_prefetch_raises_at_the_failing_items_turn_and_stops():
+    calls = []
+
+    def fn(x):
+        calls.append(x)
+        if x == 2:
+            raise data.MediaError(f"item {x}")
+        return x
+
+    got = []
+    with pytest.raises(data.MediaError, match="item 2"):
+        for y in data.prefetch(fn, range(10)):
+            got.append(y)
+    assert got == [0, 1] and calls == [0, 1, 2]  # nothing past the failing item

@@ -1,9 +1,12 @@
 """Tests of eval.py: the scoring rules on hand-made answers, then the evaluation loop on the tiny
 checkpoint and a small demo world (end to end with shuffled frames, resume, a broken sample, two
 processes)."""
+import collections
 import json
 import os
 import shutil
+import threading
+import weakref
 
 import pytest
 import torch
@@ -235,3 +238,64 @@ def test_two_processes_give_the_same_summary_as_one(monkeypatch, demo, tmp_path)
     assert summary_of(tmp_path / "one") == summary_of(tmp_path / "two")
     with open(tmp_path / "two" / "summary.json") as f:
         assert json.load(f)["model"].endswith("step_000003")
+
+
+def shared_media_file(world, folder):
+    """eval_shared.json in folder: each media file of the demo's eval file asked 3 questions (as VideoMME), the
+    questions spread over the file; plus a damaged video asked twice. Returns the benchmark's settings."""
+    with open(os.path.join(world, "eval_demo.json")) as f:
+        rows = [dict(r, path=os.path.join(world, r["path"][2:])) for r in json.load(f)]
+    video = next(r for r in rows if r["data_type"] == "video")
+    image = next(r for r in rows if r["data_type"] == "image")
+    broken = bad_media(folder, video["path"], image["path"])["damaged frames"]
+    rows = [dict(r, problem_id=100 * q + i) for q in range(3) for i, r in enumerate(rows)] + \
+        [dict(video, path=broken, problem_id=1000 + q) for q in range(2)]
+    with open(os.path.join(folder, "eval_shared.json"), "w") as f:
+        json.dump(rows, f)
+    return dict(data_dir=str(folder), benchmarks="shared", limit=None, shuffle=True)
+
+
+def test_a_media_file_asked_several_questions_is_decoded_once(monkeypatch, demo, tmp_path):
+    kw = shared_media_file(demo[0], tmp_path)
+    decodes, earlier_alive, frames_refs = collections.Counter(), [], []
+    real_load = data.load_frames
+
+    def counting_load(row, *args):
+        earlier_alive.append(sum(r() is not None for r in frames_refs))  # decoded files still held in memory
+        decodes[row["media"]] += 1
+        frames, spt = real_load(row, *args)
+        frames_refs.append(weakref.ref(frames))
+        return frames, spt
+
+    monkeypatch.setattr(data, "load_frames", counting_load)
+    run_eval(monkeypatch, demo, tmp_path / "one", batch_size=2, **kw)
+    assert len(decodes) == 7 and set(decodes.values()) == {1}  # 6 files x 3 questions and a damaged one x 2
+    assert max(earlier_alive) <= 1  # the questions of a file are answered one after the other
+    one = ev.read_records(str(tmp_path / "one"), ["shared"])
+    assert len(one) == 20 + 11 and sum(r["status"] == "error" for r in one.values()) == 4  # + shuffled videos
+    # two processes: a file's questions go to one of them, so it is still decoded once
+    decodes.clear()
+    (tmp_path / "two").mkdir()
+    for rank in (1, 0):  # rank 0 last: it writes the summary
+        monkeypatch.setattr(ev, "Accelerator", lambda rank=rank: FakeAccelerator(rank, 2))
+        run_eval(monkeypatch, demo, tmp_path / "two", batch_size=1, **kw)
+    assert len(decodes) == 7 and set(decodes.values()) == {1}
+    two = ev.read_records(str(tmp_path / "two"), ["shared"])
+    assert two.keys() == one.keys()
+    assert 10 <= sum(1 for line in open(tmp_path / "two" / "shared.rank0.jsonl")) <= 19  # both ranks worked
+
+
+def test_background_media_give_the_inline_answers_exactly(monkeypatch, demo, tmp_path):
+    kw = shared_media_file(demo[0], tmp_path)
+    real_load, threads = data.load_frames, set()
+    monkeypatch.setattr(data, "load_frames", lambda *a: threads.add(threading.get_ident()) or real_load(*a))
+    background_calls = run_eval(monkeypatch, demo, tmp_path / "background", batch_size=3, **kw)
+    assert threading.get_ident() not in threads  # decoded on the prefetch thread
+    monkeypatch.setattr(data, "prefetch", lambda fn, items: map(fn, items))
+    threads.clear()
+    assert run_eval(monkeypatch, demo, tmp_path / "inline", batch_size=3, **kw) == background_calls
+    assert threads == {threading.get_ident()}
+    drop = lambda r: {k: v for k, v in r.items() if k != "seconds"}
+    background, inline = (ev.read_records(str(tmp_path / d), ["shared"]) for d in ("background", "inline"))
+    assert {k: drop(r) for k, r in background.items()} == {k: drop(r) for k, r in inline.items()}
+    assert summary_of(tmp_path / "background") == summary_of(tmp_path / "inline")

@@ -211,3 +211,40 @@ def test_too_many_bad_media_rows_stop_the_run_with_a_clear_error(demo_assets, tm
         run_script("sft.py", f"--model_path={tiny}", f"--data_dir={tmp_path}",
                    f"--out_dir={tmp_path}/out", "--num_epochs=1",
                    "--batch_size=32", "--eval_every=0", "--n_samples=0")
+
+
+def test_background_media_give_the_inline_steps_exactly(demo_assets, tmp_path, monkeypatch):
+    # the samples of step s+1 (and the held-out chunks) are encoded on data.prefetch's thread while the model
+    # works: the same replacements, bad-media log, losses, validation losses and weights as encoding inline
+    import json
+    import threading
+    world, tiny = demo_assets
+    kinds_at = {3 + 4 * i: kind for i, kind in enumerate(BAD_MEDIA)}
+    file, _ = dataset_with_bad_media(os.path.join(world, "cot.json"), tmp_path, kinds_at)
+    with open(file) as f:
+        rows = json.load(f)[:40]  # 16 held out, 3 steps of 8
+    with open(file, "w") as f:
+        json.dump(rows, f)
+    real_load, threads = data.load_frames, []
+    monkeypatch.setattr(data, "load_frames", lambda *a: threads.append(threading.get_ident()) or real_load(*a))
+
+    def run(out):
+        settings = dict(model_path=tiny, data_dir=str(tmp_path), out_dir=str(out), num_epochs=1, val_rows=16,
+                        batch_size=8, micro_batch_size=8, eval_every=2, n_samples=0, save_every=100,
+                        max_bad_media_share=0.9)
+        for key, value in settings.items():
+            monkeypatch.setattr(sft, key, value)
+        threads.clear()
+        sft.main()
+        m = [{k: v for k, v in x.items() if not k.startswith("t_")} for x in read_metrics(out)]
+        w = Qwen2_5_VLForConditionalGeneration.from_pretrained(list_checkpoints(str(out))[-1]).state_dict()
+        return m, (out / "bad_media.txt").read_text(), w, set(threads)
+
+    background = run(tmp_path / "background")
+    monkeypatch.setattr(data, "prefetch", lambda fn, items: map(fn, items))
+    inline = run(tmp_path / "inline")
+    assert threading.get_ident() not in background[3] and inline[3] == {threading.get_ident()}
+    assert background[0] == inline[0] and background[1] == inline[1]
+    assert [x["step"] for x in background[0]] == [1, 2, 3] and "val_loss" in background[0][1]
+    assert background[0][-1]["bad_media"] > 0
+    assert all(torch.equal(background[2][k], inline[2][k]) for k in inline[2])

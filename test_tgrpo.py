@@ -359,3 +359,43 @@ def test_bf16_reference_and_checkpointing_run_end_to_end(sft_run, tmp_path, proc
     assert all(len(set(x["weight_checksums"])) == 1 and len(x["weight_checksums"]) == processes for x in m)
     assert m[0]["kl"] < 1e-4 and m[-1]["kl"] > m[0]["kl"]
     assert any(x["grad_norm"] > 0 for x in m)
+
+
+def test_background_media_give_the_inline_steps_exactly(demo_assets, tmp_path, monkeypatch):
+    # the media of step s+1 are decoded on data.prefetch's thread while step s trains: the same rows, bad-media
+    # replacements and log, rewards, losses and weights as decoding each step's media inline
+    import threading
+    import data
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from conftest import BAD_MEDIA, dataset_with_bad_media, read_metrics
+    world, tiny = demo_assets
+    file, _ = dataset_with_bad_media(f"{world}/rl.json", tmp_path, dict(enumerate(BAD_MEDIA)))
+    with open(file) as f:
+        rows = json.load(f)[:24]  # 8 bad of 24: most steps replace some
+    with open(file, "w") as f:
+        json.dump(rows, f)
+    # answers of even length are "right": the groups have spread, so the weights move
+    monkeypatch.setattr(tgrpo, "accuracy_reward", lambda completion, solution, problem_type: len(completion) % 2)
+    real_load, threads = data.load_frames, []
+    monkeypatch.setattr(data, "load_frames", lambda *a: threads.append(threading.get_ident()) or real_load(*a))
+
+    def run(out):
+        settings = dict(model_path=tiny, data_dir=str(tmp_path), out_dir=str(out), max_steps=3, save_every=3,
+                        G=4, G_shuffled=2, prompts_per_rank=3, micro_batch_size=4, max_new_tokens=16, lr=1e-2,
+                        warmup_steps=1, sample_every=0, max_bad_media_share=0.9)
+        for key, value in settings.items():
+            monkeypatch.setattr(tgrpo, key, value)
+        threads.clear()
+        tgrpo.main()
+        m = [{k: v for k, v in x.items() if not k.startswith("t_") and k != "rollout_tok_s"} for x in read_metrics(out)]
+        w = Qwen2_5_VLForConditionalGeneration.from_pretrained(f"{out}/step_000003").state_dict()
+        return m, (out / "bad_media.txt").read_text(), w, set(threads)
+
+    background = run(tmp_path / "background")
+    monkeypatch.setattr(data, "prefetch", lambda fn, items: map(fn, items))
+    inline = run(tmp_path / "inline")
+    assert threading.get_ident() not in background[3] and inline[3] == {threading.get_ident()}
+    assert background[0] == inline[0] and background[1] == inline[1]
+    assert background[0][-1]["bad_media"] > 0 and background[1].count("\n") > 0
+    assert any(x["grad_norm"] > 0 for x in background[0])
+    assert all(torch.equal(background[2][k], inline[2][k]) for k in inline[2])

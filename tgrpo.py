@@ -298,21 +298,19 @@ def main():
         fits = len(tokenizer(text).input_ids) - 1 + n_visual <= max_prompt_length
         return (frames, spt, text, visual) if fits else None
 
-    for step in range(start_step, max_steps):
-        t0 = time.time()
-        batch_rows = step_rows(rows, step, world, rank)
+    def step_inputs(step):
+        """1. inputs: one ordered prompt per row, plus a shuffled one per video in temporal mode. A row whose
+        media fail to load or whose prompt is over max_prompt_length is skipped, counted and replaced by a
+        seeded random row, so every rank keeps the same amount of work. A pure function of (seed, step, rank):
+        resume stays exact, and a background thread prepares step s+1 while the model works on step s.
+        Returns (groups, batch on the CPU, samples per prompt, rows too long, [(bad media path, reason)], rows read)."""
         data_gen = torch.Generator().manual_seed(seed + 1_000_003 * step + 7_919 * rank)
-        sample_gen = torch.Generator(device=device).manual_seed(seed + 1_000_003 * step + 7_919 * rank)
-
-        # 1. inputs: one ordered prompt per row, plus a shuffled one per video in temporal mode. A row whose
-        # media fail to load or whose prompt is over max_prompt_length is skipped, counted and replaced by a
-        # seeded random row, so every rank keeps the same amount of work (and resume stays exact)
-        prompts, visuals, n, groups, bad, n_read = [], [], [], [], [], 0
-        for row in batch_rows:
-            row, (frames, spt, text, visual), too_long, row_bad = encode_or_replace(row, rows, encode, data_gen)
-            skipped_prompts += too_long
+        prompts, visuals, n, groups, too_long, bad, n_read = [], [], [], [], 0, [], 0
+        for row in step_rows(rows, step, world, rank):
+            row, (frames, spt, text, visual), row_too_long, row_bad = encode_or_replace(row, rows, encode, data_gen)
+            too_long += row_too_long
             bad += row_bad
-            n_read += 1 + too_long + len(row_bad)
+            n_read += 1 + row_too_long + len(row_bad)
             group = {"row": row, "ordered": len(prompts), "shuffled": None}
             prompts.append(text), visuals.append(visual), n.append(G)
             if temporal and row["data_type"] == "video":
@@ -320,8 +318,16 @@ def main():
                 group["shuffled"] = len(prompts)
                 prompts.append(text), visuals.append(data.make_visual(shuffled, spt)), n.append(G_shuffled)
             groups.append(group)
+        return groups, data.collate(prompts, visuals, tokenizer), n, too_long, bad, n_read
+
+    inputs = data.prefetch(step_inputs, range(start_step, max_steps))
+    for step in range(start_step, max_steps):
+        t0 = time.time()
+        groups, batch, n, too_long, bad, n_read = next(inputs)
+        t_media = time.time() - t0  # waiting for this step's media: ~0 while decoding keeps up with the model
+        sample_gen = torch.Generator(device=device).manual_seed(seed + 1_000_003 * step + 7_919 * rank)
+        skipped_prompts += too_long
         bad_media.update(step + 1, bad, n_read)  # stops the run past max_bad_media_share
-        batch = data.collate(prompts, visuals, tokenizer)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
         # 2. rollouts: each distinct prompt (and video) is prefilled once and sampled n times
@@ -435,7 +441,7 @@ def main():
         metrics.update(step=step + 1, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
                        completion_len_max=accelerator.gather(c_len.max()[None]).max().item(),
                        skipped_prompts=skipped_prompts, skipped_updates=skipped_updates, bad_media=bad_media.bad,
-                       t_rollout=t_roll, t_reward=t_rew, t_logprob=t_lp, t_update=t_upd,
+                       t_media=t_media, t_rollout=t_roll, t_reward=t_rew, t_logprob=t_lp, t_update=t_upd,
                        t_step=time.time() - t0)
         metrics_log.log(metrics)
         if master:
@@ -446,7 +452,8 @@ def main():
                   f"| kl {m['kl']:.4f} clip {m['clip_frac']:.3f} | len {m['completion_len']:.0f}/"
                   f"{m['completion_len_max']:.0f} trunc {m['truncated']:.2f} bad media {m['bad_media']} "
                   f"| {m['rollout_tok_s']:.0f} tok/s "
-                  f"| {m['t_step']:.1f}s (roll {t_roll:.1f} rew {t_rew:.2f} lp {t_lp:.1f} upd {t_upd:.1f})")
+                  f"| {m['t_step']:.1f}s (media {t_media:.1f} roll {t_roll:.1f} rew {t_rew:.2f} lp {t_lp:.1f} "
+                  f"upd {t_upd:.1f})")
             if sample_every and (step + 1) % sample_every == 0:
                 with open(os.path.join(out_dir, "samples.txt"), "a") as f:
                     g, s = groups[0], scores[0]
