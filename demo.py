@@ -137,6 +137,9 @@ def ensure_demo_assets(data_dir=DEMO_WORLD, model_path=DEMO_MODEL):
     if model_path == SFT_DEMO and not os.path.isdir(SFT_DEMO):
         raise FileNotFoundError(f"{SFT_DEMO} does not exist: run `python sft.py` first (or pass "
                                 f"--model_path={DEMO_PRETRAINED} for RL without the SFT cold start)")
+    if model_path == TGRPO_DEMO and not os.path.isdir(TGRPO_DEMO):
+        raise FileNotFoundError(f"{TGRPO_DEMO} does not exist: run `python tgrpo.py` first (or pass "
+                                f"--model_path={SFT_DEMO} to evaluate the SFT model)")
 
 
 def _atomic_build(path, build):

@@ -3,7 +3,7 @@ The demo world: short videos and images of coloured squares, with questions of a
 in the Video-R1 row schema, and the perception warm-up that stands in for Qwen2.5-VL's pretraining.
 Demo only: data.py holds what a real dataset goes through.
 
-    python demo_world.py demo/world --n_rl=2000 --n_cot=800 --n_eval=400 --n_warmup=4000
+    python demo_world.py demo/world --n_rl=2000 --n_cot=352 --n_eval=400 --n_warmup=4000
 
 Why it looks like this (a 64-wide, 2-layer model has to learn it on a CPU in minutes):
 - Frames are 112x112: 4x4 merged tokens of 28x28 pixels. A square fills most of a quadrant
@@ -286,7 +286,7 @@ def _warmup(out_dir, rng, n):
     return rows
 
 
-def make_demo_world(out_dir, seed=0, n_rl=2000, n_cot=800, n_eval=400, n_warmup=4000):
+def make_demo_world(out_dir, seed=0, n_rl=2000, n_cot=352, n_eval=400, n_warmup=4000):
     """Write videos/, images/ and rl.json (n_rl questions), cot.json (the first n_cot of them with a
     `process`, as COT-165k is a subset of the 260k), eval_demo.json (n_eval held-out questions from
     another random stream) and warmup.json (n_warmup perception questions, media of their own).

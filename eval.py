@@ -38,15 +38,15 @@ import time
 import torch
 
 # model and data
-model_path = "demo/tiny-qwen2.5-vl"     # HF checkpoint, or a training out_dir (its newest step_*)
+model_path = "out/tgrpo_demo"           # HF checkpoint, or a training out_dir (its newest step_*)
 data_dir = "demo/world"                 # folder of eval_<name>.json files; media paths relative to it
 benchmarks = "demo"                     # comma-separated <name>s of eval_<name>.json, or "all"
 limit = None                            # at most this many rows per benchmark (None: all)
 out_dir = "out/eval_demo"               # answers (.jsonl) and summary; rerun to resume
 # prompt and decoding
 template = "train"                      # "train": the wording checkpoints were trained on; "eval": release eval script
-max_new_tokens = 128                    # release: 1024
-batch_size = 4                          # prompts per generate call, per process
+max_new_tokens = 96                     # release: 1024
+batch_size = 16                         # prompts per generate call, per process
 temperature = 0.0                       # 0: greedy (paper); release: 0.1 with top_p 0.001
 top_p = 1.0
 seed = 0                                # frame shuffles and sampling (temperature > 0)

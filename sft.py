@@ -22,7 +22,7 @@ import time
 import torch
 
 # model and data
-model_path = "demo/tiny-qwen2.5-vl"     # Qwen/Qwen2.5-VL-7B-Instruct (downloaded) for the paper run
+model_path = "demo/tiny-qwen2.5-vl-warm" # the demo's warmed-up tiny VLM; Qwen/Qwen2.5-VL-7B-Instruct for the paper run
 data_dir = "demo/world"
 train_file = "cot.json"                 # Video-R1-COT-165k.json
 data_types = None                       # ["video"] to train on videos only
@@ -46,11 +46,11 @@ lora_alpha = 128                        # the adapters' output is scaled by lora
 lora_dropout = 0.05                     # on the adapters' input
 lora_target = ["language"]              # "language": LM attention + MLP projections; + "vision": the vision tower
 # optimisation
-num_epochs = 30                         # paper: 1 (165k rows); the demo world is small
+num_epochs = 12                         # paper: 1 (165k rows); the demo's COT file has 352
 max_steps = None                        # stop after this many steps (None: all num_epochs)
 batch_size = 8                          # samples per rank per step
 micro_batch_size = 8                    # samples per forward/backward
-lr = 3e-3                               # paper: 1e-6; a random tiny model needs much more
+lr = 3e-3                               # paper: 1e-6; a tiny model needs much more
 weight_decay = 0.01
 adam_betas = (0.9, 0.999)
 adam_eps = 1e-8
@@ -60,7 +60,7 @@ gradient_checkpointing = False          # recompute activations in the backward 
 seed = 42
 # logging and checkpoints
 log_with = None
-eval_every = 52                         # validation loss every N steps (and at the end)
+eval_every = 60                         # validation loss every N steps (and at the end)
 n_samples = 8                           # greedy answers on held-out rows at the end
 sample_tokens = 256
 save_every = 500

@@ -60,22 +60,22 @@ l_max = 512
 length_min_correct = 1                  # release: 2 correct answers needed in the group
 beta = 0.04                             # KL penalty (k3) to the reference model; 0 skips the reference
 eps = 0.2                               # PPO clip range
-num_iterations = 1                      # policy updates per batch of rollouts (1: ratio == 1)
+num_iterations = 4                      # clipped updates per batch of rollouts (paper, release: 1, ratio == 1)
 loss_agg = "seq-mean"                   # "seq-mean" (paper, release) or "token-mean"
 advantage_norm = "group"                # "group" (paper, release), "none" (Dr. GRPO) or "batch" (see group_advantages)
 temperature = 1.0
 top_p = 0.95
-max_new_tokens = 96                     # paper: 768; demo answers are ~50 tokens
+max_new_tokens = 64                     # paper: 768; demo answers are ~30 tokens
 # LoRA through peft (imported only when on): None trains every weight (the paper)
 lora_rank = None                        # e.g. 64: low-rank adapters on lora_target, every other weight frozen
 lora_alpha = 128                        # the adapters' output is scaled by lora_alpha / lora_rank
 lora_dropout = 0.0                      # 0: dropout would make logp differ from the sampling policy's
 lora_target = ["language"]              # "language": LM attention + MLP projections; + "vision": the vision tower
 # optimisation
-max_steps = 250                         # paper: ~1k steps on 8 GPUs
-prompts_per_rank = 4                    # the release: exactly 1; the demo uses 4 for less noise
+max_steps = 300                         # paper: ~1k steps on 8 GPUs
+prompts_per_rank = 8                    # the release: exactly 1; the demo uses 8 for less noise
 micro_batch_size = 8                    # completions per forward/backward
-lr = 3e-4                               # paper: 1e-6; the tiny random model needs far more
+lr = 3e-4                               # paper: 1e-6; a tiny model needs far more
 weight_decay = 0.01
 adam_betas = (0.9, 0.999)
 adam_eps = 1e-8
