@@ -25,7 +25,7 @@ import sys
 import time
 
 seeds = [0, 1, 2]
-rl_steps = 250                          # the same for every RL arm (config/tgrpo_demo.py's max_steps)
+rl_steps = 300                          # the same for every RL arm (config/tgrpo_demo.py's max_steps)
 parallel = 2                            # processes at a time (2 cores, one torch thread each)
 out_root = "out/experiment"
 results_dir = "experiment"
