@@ -68,7 +68,8 @@ def done(out_dir, step=None):
 
 def train_stats(out_dir):
     """What the RL run saw, from its metrics.jsonl: reward and accuracy reward over the first and last
-    25 steps; on video groups p - p~ and the share of groups paid the temporal bonus."""
+    25 steps; on video groups p - p~, the share of groups paid the temporal bonus and the share whose
+    advantages it changed."""
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         steps = [m for m in map(json.loads, f) if "reward" in m]
     video = [m for m in steps if m["p_ordered"] == m["p_ordered"]]  # NaN: no video group that step
@@ -77,7 +78,8 @@ def train_stats(out_dir):
             "accuracy_first": demo.mean(m["reward_accuracy"] for m in steps[:25]),
             "accuracy_last": demo.mean(m["reward_accuracy"] for m in steps[-25:]),
             "p_minus_p_shuffled": demo.mean(m["p_ordered"] - m["p_shuffled"] for m in video),
-            "bonus_rate": demo.mean(m["temporal_bonus_rate"] for m in video)}
+            "bonus_rate": demo.mean(m["temporal_bonus_rate"] for m in video),
+            "bonus_moved": demo.mean(m["temporal_bonus_moved"] for m in video)}
 
 
 def run_seed(seed):
@@ -145,14 +147,15 @@ def tables(results, chance):
             f"{cell(get(arm, f, 'format'), digits=0)} / {cell(get(arm, f, 'length'), 1, 0)}" for f in fams) + " |")
     lines += ["", "During RL (metrics.jsonl): mean reward and accuracy reward over the first and last 25 steps; on "
               "video groups, p - p~ (share correct with ordered minus shuffled frames; sampled by T-GRPO only) and "
-              "the share of video groups paid the temporal bonus:", "",
-              "| arm | reward, first 25 | reward, last 25 | accuracy, first 25 | accuracy, last 25 | p - p~ (%) | bonus rate (%) |",
-              "|---|---|---|---|---|---|---|"]
+              "the share of video groups paid the temporal bonus, and of those whose advantages it changed:", "",
+              "| arm | reward, first 25 | reward, last 25 | accuracy, first 25 | accuracy, last 25 | p - p~ (%) | bonus paid (%) "
+              "| advantages moved (%) |", "|---|---|---|---|---|---|---|---|"]
     for arm in (a for a, flags in ARMS.items() if flags is not None):
         temporal = "tgrpo" in arm
         lines.append(f"| {NAMES[arm]} | " + " | ".join(cell(get(arm, k), 1, 2) for k in
                      ("reward_first", "reward_last", "accuracy_first", "accuracy_last")) + " | "
-                     + (f"{cell(get(arm, 'p_minus_p_shuffled'))} | {cell(get(arm, 'bonus_rate'))}" if temporal else "- | -")
+                     + (f"{cell(get(arm, 'p_minus_p_shuffled'))} | {cell(get(arm, 'bonus_rate'))} | "
+                        f"{cell(get(arm, 'bonus_moved'))}" if temporal else "- | - | -")
                      + " |")
     return "\n".join(lines)
 

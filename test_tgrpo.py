@@ -80,6 +80,24 @@ def test_temporal_bonus_cannot_move_group_normalised_advantages():
     assert torch.equal(adv["none"][0][1], adv["none"][1][1])
     # "batch" divides every group by the one std of the step
     assert torch.allclose(adv["batch"][0] * (std(t_grpo) + 1e-4), t_grpo - t_grpo.mean(1, keepdim=True))
+    # the training metric says the same per group: the bonus moved the video group except under "group"
+    img_scores = tgrpo.score_group(image, "<answer>B</answer>", "multiple choice", lengths)
+    assert tgrpo.bonus_moved([paid, img_scores], "group") == [False, False]
+    assert tgrpo.bonus_moved([paid, img_scores], "none") == [True, False]
+    assert tgrpo.bonus_moved([paid, img_scores], "batch", std(t_grpo)) == [True, False]
+
+
+def test_temporal_bonus_moves_group_normalised_advantages_of_continuous_accuracies():
+    """Free-form (ROUGE) accuracies are not 0/1, so the bonus is no affine change: it moves "group" too."""
+    answer = lambda text: f"<think>I see it.</think><answer>{text}</answer>"
+    video = [answer(t) for t in ("red then blue then green", "red then blue", "red", "yellow",
+                                 "red then green", "blue", "yellow then red", "green")]
+    paid = tgrpo.score_group(video, answer("red then blue then green"), "free-form", [12] * 8,
+                             shuffled_completions=[answer("yellow")] * 4)
+    assert len(set(paid["accuracy"])) > 2 and any(paid["temporal"])  # continuous accuracies, bonus paid
+    assert tgrpo.bonus_moved([paid], "group") == [True]
+    unpaid = tgrpo.score_group(video, answer("red then blue then green"), "free-form", [12] * 8)
+    assert tgrpo.bonus_moved([unpaid], "group") == [False]
 
 
 def test_advantage_norms_by_hand():

@@ -175,6 +175,17 @@ def policy_loss(logp, logp_old, logp_ref, advantages, mask, eps=0.2, beta=0.04, 
     return loss, stats
 
 
+def bonus_moved(scores, norm="group", batch_std=None):
+    """Per group of score_group's output: did the temporal bonus change its advantages (by more than 1e-3)?
+    Under "group" only where the bonus breaks the affine map (continuous accuracies, format or length
+    differences); under "none" and "batch" in every group it is paid to and that has a spread. The same
+    batch std on both sides: the question is about each group, not the step's scale."""
+    with_bonus = torch.tensor([s["total"] for s in scores])                                        # [N, G]
+    without = torch.tensor([[a + f + l for a, f, l in zip(s["accuracy"], s["format"], s["length"])] for s in scores])
+    diff = group_advantages(with_bonus, norm, batch_std) - group_advantages(without, norm, batch_std)
+    return (diff.abs().amax(dim=1) > 1e-3).tolist()                                                # [N]
+
+
 def score_group(completions, solution, problem_type, lengths, shuffled_completions=None):
     """Rewards of one prompt group (SPEC 2): returns per-completion parts and group statistics.
 
@@ -421,6 +432,8 @@ def main():
             "p_ordered": sum(s["p_ordered"] for s in video) / len(video) if video else float("nan"),
             "p_shuffled": sum(s["p_shuffled"] for s in video) / len(video) if video else float("nan"),
             "temporal_bonus_rate": sum(any(s["temporal"]) for s in video) / len(video) if video else float("nan"),
+            "temporal_bonus_moved": sum(moved for s, moved in zip(scores, bonus_moved(scores, advantage_norm, batch_std))
+                                        if s["p_ordered"] is not None) / len(video) if video else float("nan"),
             "zero_spread_groups": zero_spread(totals).float().mean().item(),
             "kl": stats_sum["kl"], "clip_frac": stats_sum["clip_frac"], "loss": stats_sum["loss"],
             "completion_len": c_len.float().mean().item(),
