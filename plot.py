@@ -16,7 +16,7 @@ PANELS = [  # (title, [(metric, line style)])
     ("mean reward", [("reward", "-")]),
     ("accuracy reward", [("reward_accuracy", "-")]),
     ("p (ordered, solid) vs p~ (shuffled, dashed)", [("p_ordered", "-"), ("p_shuffled", "--")]),
-    ("video groups paid the bonus (solid), whose advantages it moved (dashed)",
+    ("video groups: bonus paid (solid), advantages moved (dashed)",
      [("temporal_bonus_rate", "-"), ("temporal_bonus_moved", "--")]),
     ("KL to the reference", [("kl", "-")]),
     ("completion length (tokens)", [("completion_len", "-")]),
