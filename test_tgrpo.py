@@ -278,12 +278,13 @@ RL_ARGS = ["--max_new_tokens=64", "--G=4", "--G_shuffled=2", "--prompts_per_rank
 def test_end_to_end_one_process(sft_run, tmp_path):
     from transformers import Qwen2_5_VLForConditionalGeneration
     from conftest import read_metrics, run_script
-    out = f"{tmp_path}/rl"
-    run_script("tgrpo.py", f"--model_path={sft_run}", f"--out_dir={out}", "--max_steps=3", "--save_every=3", *RL_ARGS)
+    out = f"{tmp_path}/rl"  # one update per step, as the paper: step 1's KL is taken before the policy moves
+    run_script("tgrpo.py", f"--model_path={sft_run}", f"--out_dir={out}", "--max_steps=3", "--save_every=3",
+               "--num_iterations=1", *RL_ARGS)
     m = read_metrics(out)
     assert [x["step"] for x in m] == [1, 2, 3]
     for key in ("reward_accuracy", "reward_format", "reward_temporal", "reward_length", "p_ordered", "p_shuffled",
-                "zero_spread_groups", "kl", "clip_frac", "completion_len", "completion_len_max", "truncated",
+                "temporal_bonus_rate", "temporal_bonus_moved", "zero_spread_groups", "kl", "clip_frac", "completion_len", "completion_len_max", "truncated",
                 "rollout_tok_s", "t_rollout", "t_reward", "t_logprob", "t_update"):
         assert key in m[-1] and m[-1][key] == m[-1][key], key   # present and not nan
     assert any(x["grad_norm"] > 0 for x in m)                    # the SFT model gives varied rewards
@@ -296,9 +297,9 @@ def test_end_to_end_one_process(sft_run, tmp_path):
 @pytest.mark.slow
 def test_two_processes_different_prompts_identical_weights(sft_run, tmp_path):
     from conftest import read_metrics, run_script
-    out = f"{tmp_path}/ddp"
+    out = f"{tmp_path}/ddp"  # batch normalisation: its std is gathered over both ranks' rewards
     run_script("tgrpo.py", f"--model_path={sft_run}", f"--out_dir={out}", "--max_steps=3", "--save_every=3",
-               *RL_ARGS, processes=2)
+               "--advantage_norm=batch", *RL_ARGS, processes=2)
     m = read_metrics(out)
     assert len(m) == 3
     for x in m:
@@ -366,11 +367,13 @@ def test_bad_media_two_processes_replace_log_once_and_resume_exactly(sft_run, de
 def test_bf16_reference_and_checkpointing_run_end_to_end(sft_run, tmp_path, processes):
     # tgrpo.py as on GPUs (bf16 autocast, bf16 reference model, activation checkpointing in the updates and
     # not in the rollouts). The numbers are checked against fp32 in the unit test above; here: it runs, ranks
-    # agree, and the KL starts at bf16 rounding level (exactly 0 in fp32) and grows as the policy moves.
+    # agree, and the KL starts at bf16 rounding level (exactly 0 in fp32) and grows as the policy moves. One update
+    # per step, so that step 1's KL is measured before the policy has moved.
     from conftest import read_metrics, run_script
     out = f"{tmp_path}/rl"
     run_script("tgrpo.py", f"--model_path={sft_run}", f"--out_dir={out}", "--max_steps=3", "--save_every=3",
-               "--gradient_checkpointing=True", *RL_ARGS, processes=processes, mixed_precision="bf16")
+               "--gradient_checkpointing=True", "--num_iterations=1", *RL_ARGS, processes=processes,
+               mixed_precision="bf16")
     m = read_metrics(out)
     assert [x["step"] for x in m] == [1, 2, 3]
     assert all(math.isfinite(x[k]) for x in m for k in ("loss", "reward", "kl", "grad_norm"))
