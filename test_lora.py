@@ -24,6 +24,7 @@ PROJECTIONS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self
 def lora_model(path, seed, target=("language",), rank=4, alpha=8):
     """A PeftModel on `path` whose B matrices are random (they start at 0, where adapters change nothing)."""
     hf, tokenizer = load_model(path)
+    torch.manual_seed(seed)  # peft draws A from the global generator: the same adapters whatever ran before
     peft_model = add_lora(hf, rank, alpha, target=target)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
