@@ -3,7 +3,7 @@ The teaching experiment: from the same SFT start and with the same RL budget, wh
 do to accuracy and to the use of frame order, under the paper's per-group advantage normalisation and
 under one where the temporal bonus can act?
 
-    python experiment.py                  # 3 seeds x 5 arms, about 40 minutes on 2 CPU cores
+    python experiment.py                  # 3 seeds x 7 arms, about 50 minutes on 2 CPU cores
     python experiment.py --seeds=[0] --rl_steps=20 --out_root=out/experiment_quick   # a few minutes
     python plot.py                        # training curves of every arm of the last seed
 
@@ -13,6 +13,9 @@ Arms per seed (one SFT run, config/sft_demo.py, shared by the four RL arms, whic
   grpo_batch, tgrpo_batch   the same with advantage_norm="batch": rewards minus the group mean over
                      one std of the whole step, so a bonus paid to a group's correct answers enlarges
                      its advantages instead of being normalised away
+and the control that asks how much of RL's gain a longer SFT gets (the demo's 12 epochs have not converged):
+  sft_long           SFT for long_sft_epochs instead of 12
+  tgrpo_long         tgrpo's run from sft_long
 Every model is evaluated on eval_demo.json with ordered and shuffled frames (eval.py --shuffle=True).
 Each stage is skipped when its output exists, so an interrupted run resumes; delete out_root to start
 over. Tables (mean +- std over seeds) go to results_dir/results.md and results.json.
@@ -30,6 +33,7 @@ parallel = 2                            # processes at a time (2 cores, one torc
 out_root = "out/experiment"
 results_dir = "experiment"
 extra_rl = []                           # more tgrpo.py flags for every RL arm, e.g. ["--alpha=1.0"]
+long_sft_epochs = 20                    # sft_long's epochs (config/sft_demo.py: 12)
 
 from configurator import configure
 
@@ -39,10 +43,13 @@ import demo
 from demo import DEMO_PRETRAINED, DEMO_WORLD, ensure_demo_assets
 
 GRPO = ["config/tgrpo_grpo.py"]
+SFTS = {"sft": [], "sft_long": [f"--num_epochs={long_sft_epochs}"]}  # SFT arm -> sft.py flags
 ARMS = {"sft": None, "grpo": GRPO, "tgrpo": [], "grpo_batch": GRPO + ["--advantage_norm=batch"],
-        "tgrpo_batch": ["--advantage_norm=batch"]}
+        "tgrpo_batch": ["--advantage_norm=batch"], "sft_long": None, "tgrpo_long": []}  # RL arm -> flags
+START = {"tgrpo_long": "sft_long"}      # the SFT an RL arm starts from, if not "sft"
 NAMES = {"chance": "chance (blind guess)", "sft": "SFT only", "grpo": "SFT + GRPO", "tgrpo": "SFT + T-GRPO",
-         "grpo_batch": "SFT + GRPO, batch norm", "tgrpo_batch": "SFT + T-GRPO, batch norm"}
+         "grpo_batch": "SFT + GRPO, batch norm", "tgrpo_batch": "SFT + T-GRPO, batch norm",
+         "sft_long": f"SFT only, {long_sft_epochs} epochs", "tgrpo_long": f"SFT {long_sft_epochs} epochs + T-GRPO"}
 ENV = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
 
@@ -85,15 +92,15 @@ def train_stats(out_dir):
 def run_seed(seed):
     root = os.path.join(out_root, f"seed{seed}")
     os.makedirs(root, exist_ok=True)
-    sft = os.path.join(root, "sft")
-    if not done(sft):
-        run_all([(["sft.py", "config/sft_demo.py", f"--seed={seed}", f"--out_dir={sft}"], f"{root}/sft.log")])
+    run_all([(["sft.py", "config/sft_demo.py", *flags, f"--seed={seed}", f"--out_dir={root}/{arm}"],
+              f"{root}/{arm}.log") for arm, flags in SFTS.items() if not done(os.path.join(root, arm))])
     runs = []
     for arm, flags in ARMS.items():
         out = os.path.join(root, arm)
         if flags is not None and not done(out, rl_steps):
             if os.path.isdir(os.path.join(root, f"eval_{arm}")):  # answers of an older model
                 os.rename(os.path.join(root, f"eval_{arm}"), os.path.join(root, f"eval_{arm}.old.{time.time():.0f}"))
+            sft = os.path.join(root, START.get(arm, "sft"))
             runs.append((["tgrpo.py", "config/tgrpo_demo.py", *flags, f"--model_path={sft}", f"--seed={seed}",
                           f"--out_dir={out}", f"--max_steps={rl_steps}", *extra_rl], f"{root}/{arm}.log"))
     run_all(runs)
@@ -101,8 +108,7 @@ def run_seed(seed):
     for arm in ARMS:
         out = os.path.join(root, f"eval_{arm}")
         if not os.path.exists(os.path.join(out, "summary.json")):
-            model = sft if arm == "sft" else os.path.join(root, arm)
-            evals.append((["eval.py", "config/eval_demo.py", f"--model_path={model}", "--shuffle=True",
+            evals.append((["eval.py", "config/eval_demo.py", f"--model_path={root}/{arm}", "--shuffle=True",
                            f"--out_dir={out}"], f"{root}/eval_{arm}.log"))
     run_all(evals)
     results = {arm: demo.score_records(demo.read_answers(os.path.join(root, f"eval_{arm}"))) for arm in ARMS}
