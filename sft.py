@@ -25,6 +25,7 @@ import torch
 model_path = "demo/tiny-qwen2.5-vl-warm" # the demo's warmed-up tiny VLM; Qwen/Qwen2.5-VL-7B-Instruct for the paper run
 data_dir = "demo/world"
 train_file = "cot.json"                 # Video-R1-COT-165k.json
+train_rows = None                       # use only the first N rows of train_file (None: all of them)
 data_types = None                       # ["video"] to train on videos only
 out_dir = "out/sft_demo"
 val_rows = 32                           # held out from the train file for the validation loss
@@ -46,7 +47,7 @@ lora_alpha = 128                        # the adapters' output is scaled by lora
 lora_dropout = 0.05                     # on the adapters' input
 lora_target = ["language"]              # "language": LM attention + MLP projections; + "vision": the vision tower
 # optimisation
-num_epochs = 12                         # paper: 1 (165k rows); the demo's COT file has 352
+num_epochs = 12                         # paper: 1 (165k rows); config/sft_demo.py: 80 over 96 rows
 max_steps = None                        # stop after this many steps (None: all num_epochs)
 batch_size = 8                          # samples per rank per step
 micro_batch_size = 8                    # samples per forward/backward
@@ -156,7 +157,7 @@ def main():
         hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if lora_rank:
         hf = engine.add_lora(hf, lora_rank, lora_alpha, lora_dropout, lora_target)
-    rows = data.load_rows(os.path.join(data_dir, train_file), data_types=data_types,
+    rows = data.load_rows(os.path.join(data_dir, train_file), data_types=data_types, limit=train_rows,
                           require_process=target_format == "cot")
     train, val = split_rows(rows)
     # length-aware batching by a cheap proxy: modality first, then characters of question + answer
