@@ -3,8 +3,7 @@ The teaching experiment: from the same SFT start and with the same RL budget, wh
 do to accuracy and to the use of frame order, under the paper's per-group advantage normalisation and
 under one where the temporal bonus can act?
 
-    python experiment.py                  # 3 seeds x 7 arms on 2 CPU cores: 41 min measured for the first
-                                          # five, the control adds 3 SFT and 3 RL runs (estimated ~10 min)
+    python experiment.py                  # 3 seeds x 8 arms on 2 CPU cores (see README for the time)
     python experiment.py --seeds=[0] --rl_steps=20 --out_root=out/experiment_quick   # a few minutes
     python plot.py                        # training curves of every arm of the last seed
 
@@ -14,9 +13,10 @@ Arms per seed (one SFT run, config/sft_demo.py, shared by the four RL arms, whic
   grpo_batch, tgrpo_batch   the same with advantage_norm="batch": rewards minus the group mean over
                      one std of the whole step, so a bonus paid to a group's correct answers enlarges
                      its advantages instead of being normalised away
-and the control that asks how much of RL's gain a longer SFT gets (the demo's 12 epochs have not converged):
-  sft_long           SFT for long_sft_epochs instead of 12
-  tgrpo_long         tgrpo's run from sft_long
+and two controls:
+  sft_long           SFT for long_sft_epochs instead of 80 on the same 96 rows: has the demo's SFT converged?
+  sft_all, tgrpo_all SFT on all 352 COT rows (all_sft_epochs), alone and with tgrpo's run after it: what
+                     3.7x more written reasoning buys, and what RL adds to that
 Every model is evaluated on eval_demo.json with ordered and shuffled frames (eval.py --shuffle=True).
 Each stage is skipped when its output exists, so an interrupted run resumes; delete out_root to start
 over. Tables (mean +- std over seeds) go to results_dir/results.md and results.json.
@@ -34,7 +34,8 @@ parallel = 2                            # processes at a time (2 cores, one torc
 out_root = "out/experiment"
 results_dir = "experiment"
 extra_rl = []                           # more tgrpo.py flags for every RL arm, e.g. ["--alpha=1.0"]
-long_sft_epochs = 20                    # sft_long's epochs (config/sft_demo.py: 12)
+long_sft_epochs = 160                   # sft_long's epochs (config/sft_demo.py: 80 over its 96 rows)
+all_sft_epochs = 20                     # sft_all's epochs over all 320 training rows of cot.json
 
 from configurator import configure
 
@@ -44,13 +45,16 @@ import demo
 from demo import DEMO_PRETRAINED, DEMO_WORLD, ensure_demo_assets
 
 GRPO = ["config/tgrpo_grpo.py"]
-SFTS = {"sft": [], "sft_long": [f"--num_epochs={long_sft_epochs}"]}  # SFT arm -> sft.py flags
+SFTS = {"sft": [], "sft_long": [f"--num_epochs={long_sft_epochs}"],  # SFT arm -> sft.py flags
+        "sft_all": ["--train_rows=None", f"--num_epochs={all_sft_epochs}"]}
 ARMS = {"sft": None, "grpo": GRPO, "tgrpo": [], "grpo_batch": GRPO + ["--advantage_norm=batch"],
-        "tgrpo_batch": ["--advantage_norm=batch"], "sft_long": None, "tgrpo_long": []}  # RL arm -> flags
-START = {"tgrpo_long": "sft_long"}      # the SFT an RL arm starts from, if not "sft"
+        "tgrpo_batch": ["--advantage_norm=batch"], "sft_long": None, "sft_all": None,
+        "tgrpo_all": []}                # RL arm -> flags
+START = {"tgrpo_all": "sft_all"}      # the SFT an RL arm starts from, if not "sft"
 NAMES = {"chance": "chance (blind guess)", "sft": "SFT only", "grpo": "SFT + GRPO", "tgrpo": "SFT + T-GRPO",
          "grpo_batch": "SFT + GRPO, batch norm", "tgrpo_batch": "SFT + T-GRPO, batch norm",
-         "sft_long": f"SFT only, {long_sft_epochs} epochs", "tgrpo_long": f"SFT {long_sft_epochs} epochs + T-GRPO"}
+         "sft_long": f"SFT only, {long_sft_epochs} epochs", "sft_all": "SFT only, all 352 COT rows",
+         "tgrpo_all": "SFT all 352 COT rows + T-GRPO"}
 ENV = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
 

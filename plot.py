@@ -73,6 +73,6 @@ if __name__ == "__main__":
     opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--"))
     if not args:
         seed = max(int(d[4:]) for d in os.listdir("out/experiment") if d.startswith("seed"))
-        arms = ("grpo", "tgrpo", "grpo_batch", "tgrpo_batch", "tgrpo_long")
+        arms = ("grpo", "tgrpo", "grpo_batch", "tgrpo_batch", "tgrpo_all")
         args = [f"out/experiment/seed{seed}/{a}" for a in arms if os.path.isdir(f"out/experiment/seed{seed}/{a}")]
     main(args, opts.get("out", "experiment/curves.png"), int(opts.get("smooth", 20)))
