@@ -1,7 +1,7 @@
 # The CPU demo's SFT cold start: the warmed-up tiny checkpoint (it sees colours, places and time) learns the
 # reasoning format from the first 128 questions of cot.json (32 held out): a small cold start, as in the
 # paper, where RL then has far more questions (here the 2,000 of rl.json) and rewards instead of written
-# reasoning. 80 epochs is where held-out accuracy stops rising (the experiment's sft_long control trains
+# reasoning. By 80 epochs held-out accuracy has nearly stopped rising (the sft_long control trains
 # 160); the experiment's sft_all control trains on all 352 COT rows.   python sft.py config/sft_demo.py
 model_path = "demo/tiny-qwen2.5-vl-warm"
 data_dir = "demo/world"
