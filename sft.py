@@ -25,7 +25,7 @@ import torch
 model_path = "demo/tiny-qwen2.5-vl-warm" # the demo's warmed-up tiny VLM; Qwen/Qwen2.5-VL-7B-Instruct for the paper run
 data_dir = "demo/world"
 train_file = "cot.json"                 # Video-R1-COT-165k.json
-train_rows = None                       # use only the first N rows of train_file (None: all of them)
+train_rows = None                       # use only the first N rows of train_file that data_types keeps (None: all)
 data_types = None                       # ["video"] to train on videos only
 out_dir = "out/sft_demo"
 val_rows = 32                           # held out from the train file for the validation loss

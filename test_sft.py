@@ -213,6 +213,17 @@ def test_too_many_bad_media_rows_stop_the_run_with_a_clear_error(demo_assets, tm
                    "--batch_size=32", "--eval_every=0", "--n_samples=0")
 
 
+def run_in_process(monkeypatch, out, **settings):
+    """sft.main() with these module settings over small defaults -> (metrics without timings, final weights)."""
+    settings = dict(out_dir=str(out), num_epochs=1, val_rows=16, batch_size=8, micro_batch_size=8,
+                    n_samples=0, save_every=100, **settings)
+    for key, value in settings.items():
+        monkeypatch.setattr(sft, key, value)
+    sft.main()
+    m = [{k: v for k, v in x.items() if not k.startswith("t_")} for x in read_metrics(out)]
+    return m, Qwen2_5_VLForConditionalGeneration.from_pretrained(list_checkpoints(str(out))[-1]).state_dict()
+
+
 def test_background_media_give_the_inline_steps_exactly(demo_assets, tmp_path, monkeypatch):
     # the samples of step s+1 (and the held-out chunks) are encoded on data.prefetch's thread while the model
     # works: the same replacements, bad-media log, losses, validation losses and weights as encoding inline
@@ -229,15 +240,9 @@ def test_background_media_give_the_inline_steps_exactly(demo_assets, tmp_path, m
     monkeypatch.setattr(data, "load_frames", lambda *a: threads.append(threading.get_ident()) or real_load(*a))
 
     def run(out):
-        settings = dict(model_path=tiny, data_dir=str(tmp_path), out_dir=str(out), num_epochs=1, val_rows=16,
-                        batch_size=8, micro_batch_size=8, eval_every=2, n_samples=0, save_every=100,
-                        max_bad_media_share=0.9)
-        for key, value in settings.items():
-            monkeypatch.setattr(sft, key, value)
         threads.clear()
-        sft.main()
-        m = [{k: v for k, v in x.items() if not k.startswith("t_")} for x in read_metrics(out)]
-        w = Qwen2_5_VLForConditionalGeneration.from_pretrained(list_checkpoints(str(out))[-1]).state_dict()
+        m, w = run_in_process(monkeypatch, out, model_path=tiny, data_dir=str(tmp_path), eval_every=2,
+                              max_bad_media_share=0.9)
         return m, (out / "bad_media.txt").read_text(), w, set(threads)
 
     background = run(tmp_path / "background")
@@ -263,16 +268,7 @@ def test_train_rows_trains_exactly_as_a_file_cut_to_its_first_rows(demo_assets, 
         os.symlink(os.path.join(os.path.abspath(world), sub), cut_dir / sub)
     with open(cut_dir / "cot.json", "w") as f:
         json.dump(rows[:40], f)
-
-    def run(out, **settings):
-        settings = dict(model_path=tiny, out_dir=str(out), train_file="cot.json", num_epochs=1, val_rows=16,
-                        batch_size=8, micro_batch_size=8, eval_every=3, n_samples=0, save_every=100, **settings)
-        for key, value in settings.items():
-            monkeypatch.setattr(sft, key, value)
-        sft.main()
-        m = [{k: v for k, v in x.items() if not k.startswith("t_")} for x in read_metrics(out)]
-        return m, Qwen2_5_VLForConditionalGeneration.from_pretrained(list_checkpoints(str(out))[-1]).state_dict()
-
+    run = lambda out, **kw: run_in_process(monkeypatch, out, model_path=tiny, train_file="cot.json", eval_every=3, **kw)
     cut = run(tmp_path / "cut", data_dir=str(cut_dir), train_rows=None)
     first = run(tmp_path / "first", data_dir=world, train_rows=40)
     assert [x["step"] for x in first[0] if "loss" in x] == [1, 2, 3] and "val_loss" in first[0][-1]
