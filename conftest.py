@@ -10,9 +10,15 @@ import pytest
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+DEMO_CONFIG = {"sft.py": "config/sft_demo.py", "tgrpo.py": "config/tgrpo_demo.py", "eval.py": "config/eval_demo.py"}
+
+
 def run_script(*args, processes=1, mixed_precision="no", timeout=600):
-    """Run a stage script as a user would (one process, or `accelerate launch` with 2 on CPU);
+    """Run a stage script as a user would (one process, or `accelerate launch` with 2 on CPU) with its
+    demo config first (the scripts' defaults are the paper's 7B run), then `args`;
     mixed_precision="bf16" runs it under bf16 autocast, as on GPUs."""
+    if args[0] in DEMO_CONFIG:
+        args = (args[0], DEMO_CONFIG[args[0]], *args[1:])
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
            "ACCELERATE_MIXED_PRECISION": mixed_precision}
     if processes == 1:
@@ -27,6 +33,16 @@ def run_script(*args, processes=1, mixed_precision="no", timeout=600):
     return proc.stdout
 
 
+def demo_config(monkeypatch, module, **settings):
+    """Set a stage module's globals to its demo config, then to `settings`, for a test that calls
+    module.main() in process (undone after the test)."""
+    from configurator import configure
+    values = {k: getattr(module, k) for k in module.config}
+    configure(values, [DEMO_CONFIG[os.path.basename(module.__file__)]])
+    for key, value in {**values, **settings}.items():
+        monkeypatch.setattr(module, key, value)
+
+
 def read_metrics(out_dir):
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -38,7 +54,7 @@ def demo_assets():
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        ensure_demo_assets(DEMO_WORLD, DEMO_MODEL)
+        ensure_demo_assets(warm=False)
     finally:
         os.chdir(cwd)
     return os.path.join(ROOT, DEMO_WORLD), os.path.join(ROOT, DEMO_MODEL)
@@ -46,10 +62,18 @@ def demo_assets():
 
 @pytest.fixture(scope="session")
 def sft_run(demo_assets, tmp_path_factory):
-    """The demo SFT (sft.py's defaults: 480 steps from the warmed-up tiny model, built on first use, ~45 s):
-    formatted answers, so RL rewards vary."""
+    """An SFT of the warmed-up tiny model (built on first use, 4 min) on all 320 COT rows for 12 epochs
+    (480 steps, ~45 s): formatted answers, so RL rewards vary."""
+    from demo import ensure_demo_assets
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        ensure_demo_assets()
+    finally:
+        os.chdir(cwd)
     out = str(tmp_path_factory.mktemp("sft"))
-    run_script("sft.py", f"--out_dir={out}", "--n_samples=16", "--sample_tokens=96")
+    run_script("sft.py", f"--out_dir={out}", "--train_rows=None", "--num_epochs=12", "--n_samples=16",
+               "--sample_tokens=96")
     return out
 
 

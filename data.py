@@ -11,16 +11,12 @@ Resizing is bicubic with antialiasing on uint8 pixels, as in qwen-vl-utils (whic
 with PIL (bit-exact with the Hugging Face PIL image processor), videos with torch (what torchvision runs; fast,
 within one grey level of PIL).
 """
-import collections
 import itertools
 import json
 import math
 import os
 import re
-import sys
-import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 
 import decord
 import numpy as np
@@ -54,7 +50,7 @@ QUESTION_TEMPLATE_EVAL = QUESTION_TEMPLATE.replace(
     "between the <think> and </think> tags, and then give your final answer between the <answer> and </answer> tags.")
 
 
-def _check_row(row, where, require_process):
+def check_row(row, where, require_process):
     """Raise ValueError("<where>: field 'x': ...") for the first problem found in one row."""
     if not isinstance(row, dict):
         raise ValueError(f"{where}: not an object but {type(row).__name__}")
@@ -96,6 +92,9 @@ def load_rows(path, data_root=None, data_types=None, problem_types=None, limit=N
                                 ("problem_types", problem_types, PROBLEM_TYPES)]:
         if wanted is not None and not set(wanted) <= set(known):
             raise ValueError(f"{name}: unknown values {sorted(set(wanted) - set(known))}, known: {known}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"dataset file {path} not found (for the CPU demo, `python demo.py assets` "
+                                f"builds demo/ first)")
     try:
         with open(path) as f:
             items = json.load(f)
@@ -108,16 +107,16 @@ def load_rows(path, data_root=None, data_types=None, problem_types=None, limit=N
     for i, row in enumerate(items):
         if limit is not None and len(rows) >= limit:
             break
-        _check_row(row, f"{path}: row {i}", require_process)
+        check_row(row, f"{path}: row {i}", require_process)
         if data_types is not None and row["data_type"] not in data_types:
             continue
         if problem_types is not None and row["problem_type"] not in problem_types:
             continue
-        rows.append(dict(row, media=_media_path(row["path"], root)))
+        rows.append(dict(row, media=media_path(row["path"], root)))
     return rows
 
 
-def _media_path(path, root):
+def media_path(path, root):
     """A row's `path` ("./videos/v1.mp4", relative to the dataset root; absolute paths stay) -> a file path."""
     return os.path.join(root, path[2:] if path.startswith("./") else path)
 
@@ -299,6 +298,14 @@ def load_frames(row, max_frames=16, fps=2.0, video_min_pixels=VIDEO_MIN_PIXELS, 
     return load_image(row["media"], image_min_pixels, image_max_pixels), None
 
 
+MEDIA_KEYS = ("max_frames", "fps", "video_min_pixels", "video_max_pixels", "image_min_pixels", "image_max_pixels")
+
+
+def media_settings(config):
+    """load_frames' keywords out of a script's config: data.load_frames(row, **media_settings(config))."""
+    return {k: config[k] for k in MEDIA_KEYS}
+
+
 def make_visual(frames, second_per_grid_t):
     """The visual dict the model consumes; kind is "image" when second_per_grid_t is None."""
     pixel_values, grid_thw = patchify(frames)
@@ -355,137 +362,3 @@ def prefetch(fn, items):
             result = pending.pop().result()
             pending = [pool.submit(fn, item) for item in itertools.islice(items, 1)]
             yield result
-
-
-# ---------------------------------------------------------------------------- checking a dataset file
-# python data.py check FILE [--key=value ...]: every row validated, every media file decoded with the frame
-# settings training will use, in parallel; a report of the bad rows, a non-zero exit when there are any, and
-# optionally a clean copy without them. Run it before a long run: a bad file then costs nothing.
-CHECK_DEFAULTS = dict(                  # the knobs of `python data.py check`
-    data_dir=None,                      # media root (default: the file's folder, as training)
-    max_frames=16, fps=2.0,             # the frame settings of the run to check for (default: the paper's)
-    video_min_pixels=VIDEO_MIN_PIXELS, video_max_pixels=128 * 28 * 28,
-    image_min_pixels=4 * 28 * 28, image_max_pixels=256 * 28 * 28,
-    require_process=False,              # True for the SFT (COT) file: every row needs its <think> process
-    workers=os.cpu_count() or 1,        # decoding processes
-    report="",                          # report path (default: <file name>.check.tsv in the current folder)
-    clean="",                           # also write the file without its bad rows to this path
-)
-
-
-def _quiet_worker():
-    torch.set_num_threads(1)  # the workers are the parallelism
-    # decord and ffmpeg print to stderr for every damaged file, over the progress line; the report keeps the reasons
-    decord.logging.set_level(decord.logging.QUIET)
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-
-
-def _decode_problem(job):
-    """Worker: ((media, data_type), load_frames settings) -> ((media, data_type), MediaError message or None)."""
-    (media, data_type), settings = job
-    try:
-        load_frames({"media": media, "data_type": data_type}, **settings)
-    except MediaError as e:
-        return (media, data_type), str(e)
-    return (media, data_type), None
-
-
-def _decode_all(keys, settings, workers):
-    """Yield (key, MediaError message or None) for every (media, data_type) key, decoded in `workers` processes.
-    A decoder can also kill its process on a damaged file (decord has been seen to segfault and abort): the
-    files in flight are then decoded again one at a time, each in a process of its own, to name the culprit."""
-    todo = collections.deque(keys)
-    while todo:
-        in_flight = {}  # future -> key
-        try:
-            with ProcessPoolExecutor(workers, initializer=_quiet_worker) as pool:
-                while todo or in_flight:
-                    while todo and len(in_flight) < 2 * workers:
-                        key = todo.popleft()
-                        in_flight[pool.submit(_decode_problem, (key, settings))] = key
-                    for future in wait(in_flight, return_when=FIRST_COMPLETED).done:
-                        yield future.result()
-                        del in_flight[future]
-        except BrokenProcessPool:
-            for key in in_flight.values():
-                with ProcessPoolExecutor(1, initializer=_quiet_worker) as alone:
-                    try:
-                        yield alone.submit(_decode_problem, (key, settings)).result()
-                    except BrokenProcessPool:
-                        yield key, f"the decoder crashed its process on {key[0]}"
-
-
-def check_rows(path, data_root=None, require_process=False, workers=1, progress=True, **frame_settings):
-    """Validate every row of a dataset file and decode every media file of the valid rows exactly as training
-    reads it (frame_settings: load_frames' keywords), each distinct file once, in `workers` processes.
-
-    Returns (items, problems): the file's rows, and one (row index, field or media path, reason) per bad row,
-    in row order. E.g. [(3, "problem_type", "unknown value 'mcq'"), (7, "/d/videos/v7.mp4", "video not found: ...")].
-    """
-    with open(path) as f:
-        items = json.load(f)  # a file that is not a JSON list stops here: no row can be checked
-    if not isinstance(items, list):
-        raise ValueError(f"{path}: expected a JSON list of rows, got {type(items).__name__}")
-    root = os.path.dirname(os.path.abspath(path)) if data_root is None else os.path.abspath(data_root)
-    problems, users = [], {}  # users: (media, data_type) -> indices of the rows that read it
-    for i, row in enumerate(items):
-        where = f"{path}: row {i}"
-        try:
-            _check_row(row, where, require_process)
-        except ValueError as e:
-            m = re.match(r"field '(\w+)': (.*)", str(e)[len(where) + 2:], re.DOTALL)
-            problems.append((i, m.group(1), m.group(2)) if m else (i, "row", str(e)[len(where) + 2:]))
-            continue
-        users.setdefault((_media_path(row["path"], root), row["data_type"]), []).append(i)
-    t0 = shown = time.time()
-    done = bad = 0
-    for key, reason in _decode_all(users, frame_settings, workers):
-        done += 1
-        if reason is not None:
-            problems += [(i, key[0], reason) for i in users[key]]
-            bad += 1
-        if progress and (time.time() - shown > 0.5 or done == len(users)):  # a progress line, twice a second
-            shown, elapsed = time.time(), time.time() - t0
-            eta = elapsed / done * (len(users) - done)
-            print(f"\rdecoded {done}/{len(users)} media files | {done / elapsed:.1f} files/s | {bad} bad | "
-                  f"{elapsed:.0f} s, ETA {eta // 3600:.0f}:{eta % 3600 // 60:02.0f}:{eta % 60:02.0f}",
-                  end="\n" if done == len(users) else "", file=sys.stderr, flush=True)
-    return items, sorted(problems, key=lambda p: p[0])
-
-
-def check_main(argv):
-    """`python data.py check FILE [--key=value ...]` (knobs: CHECK_DEFAULTS). Returns the exit status:
-    0 when every row is fine, 1 when any is bad."""
-    from configurator import configure
-
-    if not argv or argv[0].startswith("--"):
-        raise SystemExit("usage: python data.py check FILE.json [--data_dir=...] [--max_frames=16] [--fps=2.0] "
-                         "[--video_max_pixels=...] [--workers=N] [--report=bad.tsv] [--clean=FILE.clean.json]")
-    file, opts = argv[0], dict(CHECK_DEFAULTS)
-    print("check:", configure(opts, argv[1:]))
-    settings = {k: opts[k] for k in ("max_frames", "fps", "video_min_pixels", "video_max_pixels",
-                                     "image_min_pixels", "image_max_pixels")}
-    t0 = time.time()
-    items, problems = check_rows(file, opts["data_dir"], opts["require_process"], opts["workers"], **settings)
-    seconds = time.time() - t0
-    report = opts["report"] or os.path.splitext(os.path.basename(file))[0] + ".check.tsv"
-    with open(report, "w") as f:
-        f.write("file\trow\tfield_or_path\treason\n")
-        f.writelines(f"{file}\t{i}\t{where}\t{' '.join(reason.split())}\n" for i, where, reason in problems)
-    bad_rows = sorted({i for i, _, _ in problems})
-    for i, where, reason in problems[:10]:
-        print(f"row {i}: {where}: {reason}")
-    print(f"{file}: {len(items)} rows, {len(bad_rows)} bad ({len(items) / seconds:.1f} rows/s over {seconds:.1f} s, "
-          f"{opts['workers']} workers); report: {report}")
-    if opts["clean"]:
-        bad = set(bad_rows)
-        with open(opts["clean"], "w") as f:
-            json.dump([row for i, row in enumerate(items) if i not in bad], f, ensure_ascii=False)
-        print(f"wrote {len(items) - len(bad)} good rows to {opts['clean']}")
-    return 1 if problems else 0
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] != ["check"]:
-        raise SystemExit("usage: python data.py check FILE.json [--key=value ...]")
-    sys.exit(check_main(sys.argv[2:]))

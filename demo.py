@@ -6,7 +6,7 @@ ordered and shuffled frames, before and after RL.
     python demo.py
 
 Each stage is an ordinary script with its demo config, so any of them can be re-run alone:
-    python sft.py config/warmup_demo.py --out_dir=demo/tiny-qwen2.5-vl-warm   # built on first use
+    python demo.py assets                           # only the world, the tiny model and its warm-up
     python sft.py config/sft_demo.py
     python tgrpo.py config/tgrpo_demo.py            # + config/tgrpo_grpo.py: plain GRPO
     python eval.py config/eval_demo.py --model_path=out/tgrpo_demo --shuffle=True
@@ -121,25 +121,17 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
     model.save_pretrained(out_dir)
 
 
-def ensure_demo_assets(data_dir=DEMO_WORLD, model_path=DEMO_MODEL):
-    """Create the demo world, the tiny checkpoint and its warm-up if a script is pointed at them and
-    they are missing. Other paths are left alone: a real dataset or checkpoint is never generated."""
-    demo_models = (DEMO_MODEL, DEMO_PRETRAINED)
-    if data_dir == DEMO_WORLD or model_path in demo_models:
-        if not os.path.isfile(os.path.join(DEMO_WORLD, "rl.json")):
-            _atomic_build(DEMO_WORLD, lambda tmp: demo_world.make_demo_world(tmp))
-    if model_path in demo_models and not os.path.isfile(os.path.join(DEMO_MODEL, "config.json")):
+def ensure_demo_assets(warm=True):
+    """Build what is missing of the demo's assets: the world, the tiny checkpoint and (warm) its perception
+    warm-up. The stage scripts never build anything: pointed at a missing folder they say to run this."""
+    if not os.path.isfile(os.path.join(DEMO_WORLD, "rl.json")):
+        _atomic_build(DEMO_WORLD, lambda tmp: demo_world.make_demo_world(tmp))
+    if not os.path.isfile(os.path.join(DEMO_MODEL, "config.json")):
         texts = demo_world.demo_texts(DEMO_WORLD)
         _atomic_build(DEMO_MODEL, lambda tmp: make_tiny_checkpoint(tmp, texts))
-    if model_path == DEMO_PRETRAINED and not os.path.isdir(DEMO_PRETRAINED):
+    if warm and not os.path.isdir(DEMO_PRETRAINED):
         print(f"building {DEMO_PRETRAINED}: the perception warm-up of {DEMO_MODEL}, a few minutes", flush=True)
         _atomic_build(DEMO_PRETRAINED, lambda tmp: run("sft.py", "config/warmup_demo.py", f"--out_dir={tmp}"))
-    if model_path == SFT_DEMO and not os.path.isdir(SFT_DEMO):
-        raise FileNotFoundError(f"{SFT_DEMO} does not exist: run `python sft.py` first (or pass "
-                                f"--model_path={DEMO_PRETRAINED} for RL without the SFT cold start)")
-    if model_path == TGRPO_DEMO and not os.path.isdir(TGRPO_DEMO):
-        raise FileNotFoundError(f"{TGRPO_DEMO} does not exist: run `python tgrpo.py` first (or pass "
-                                f"--model_path={SFT_DEMO} to evaluate the SFT model)")
 
 
 def _atomic_build(path, build):
@@ -243,10 +235,14 @@ def text_curve(metrics_path, key="reward", bins=10):
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] not in ([], ["assets"]):
+        sys.exit("usage: python demo.py [assets]   (assets: only build the world and the tiny models)")
+    ensure_demo_assets()
+    print(f"demo world in {DEMO_WORLD}, tiny checkpoint in {DEMO_MODEL}, warmed up in {DEMO_PRETRAINED}")
+    if sys.argv[1:] == ["assets"]:
+        sys.exit(0)
     for d in (SFT_DEMO, TGRPO_DEMO, "out/eval_sft_demo", "out/eval_tgrpo_demo"):
         shutil.rmtree(d, ignore_errors=True)  # a fresh start: old checkpoints or answers would be reused
-    ensure_demo_assets(DEMO_WORLD, DEMO_PRETRAINED)
-    print(f"demo world in {DEMO_WORLD}, tiny checkpoint in {DEMO_MODEL}, warmed up in {DEMO_PRETRAINED}")
     run("sft.py", "config/sft_demo.py")
     run("tgrpo.py", "config/tgrpo_demo.py")
     evals = {"SFT": "out/eval_sft_demo", "SFT + T-GRPO": "out/eval_tgrpo_demo"}

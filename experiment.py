@@ -42,7 +42,7 @@ from configurator import configure
 config = configure(globals())
 
 import demo
-from demo import DEMO_PRETRAINED, DEMO_WORLD, ensure_demo_assets
+from demo import ensure_demo_assets
 
 GRPO = ["config/tgrpo_grpo.py"]
 SFTS = {"sft": [], "sft_long": [f"--num_epochs={long_sft_epochs}"],  # SFT arm -> sft.py flags
@@ -179,7 +179,7 @@ def _dig(d, keys):
 
 if __name__ == "__main__":
     t0 = time.time()
-    ensure_demo_assets(DEMO_WORLD, DEMO_PRETRAINED)
+    ensure_demo_assets()
     results = {}
     for seed in seeds:
         results[seed] = run_seed(seed)

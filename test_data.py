@@ -16,6 +16,7 @@ from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_smart_resize
 
+import check_data
 import data
 from conftest import BAD_MEDIA, ROOT, bad_media, dataset_with_bad_media
 
@@ -402,7 +403,7 @@ def test_check_reports_every_bad_row_and_writes_a_clean_copy(world, tmp_path):
     with open(file, "w") as f:
         json.dump(rows, f)
     report, clean = tmp_path / "report.tsv", tmp_path / "clean.json"
-    cmd = [sys.executable, os.path.join(ROOT, "data.py"), "check", file, "--max_frames=8", "--workers=2",
+    cmd = [sys.executable, os.path.join(ROOT, "check_data.py"), file, "--max_frames=8", "--workers=2",
            f"--report={report}", f"--clean={clean}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -418,7 +419,7 @@ def test_check_reports_every_bad_row_and_writes_a_clean_copy(world, tmp_path):
     kept = json.loads(clean.read_text())
     assert kept == [r for i, r in enumerate(rows) if i not in got]
     # the clean copy passes (and is what the run should use)
-    items, problems = data.check_rows(str(clean), workers=1, progress=False, max_frames=8)
+    items, problems = check_data.check_rows(str(clean), workers=1, progress=False, max_frames=8)
     assert len(items) == 30 and problems == []
 
 
@@ -436,7 +437,7 @@ def test_check_names_a_file_that_crashes_the_decoder(world, tmp_path, monkeypatc
     method = multiprocessing.get_start_method()
     multiprocessing.set_start_method("fork", force=True)
     try:
-        items, problems = data.check_rows(str(tmp_path / "rl.json"), workers=2, progress=False, max_frames=8)
+        items, problems = check_data.check_rows(str(tmp_path / "rl.json"), workers=2, progress=False, max_frames=8)
     finally:
         multiprocessing.set_start_method(method, force=True)
     assert len(items) == 12 and problems == [(5, crash, f"the decoder crashed its process on {crash}")]

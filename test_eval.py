@@ -15,7 +15,7 @@ import data
 import demo_world
 import eval as ev
 import model as engine
-from conftest import BAD_MEDIA, bad_media
+from conftest import BAD_MEDIA, bad_media, demo_config
 from demo import make_tiny_checkpoint
 
 REAL_GENERATE = engine.generate
@@ -110,8 +110,7 @@ def run_eval(monkeypatch, demo, out_dir, **overrides):
     monkeypatch.setattr(engine, "generate", counting_generate)
     settings = dict(model_path=ckpt, data_dir=world, benchmarks="demo", out_dir=str(out_dir), limit=4,
                     max_new_tokens=6, batch_size=2, shuffle=False, log_every=1)
-    for key, value in {**settings, **overrides}.items():
-        monkeypatch.setattr(ev, key, value)
+    demo_config(monkeypatch, ev, **{**settings, **overrides})
     ev.main()
     return calls
 
@@ -260,10 +259,10 @@ def test_a_media_file_asked_several_questions_is_decoded_once(monkeypatch, demo,
     decodes, earlier_alive, frames_refs = collections.Counter(), [], []
     real_load = data.load_frames
 
-    def counting_load(row, *args):
+    def counting_load(row, **media):
         earlier_alive.append(sum(r() is not None for r in frames_refs))  # decoded files still held in memory
         decodes[row["media"]] += 1
-        frames, spt = real_load(row, *args)
+        frames, spt = real_load(row, **media)
         frames_refs.append(weakref.ref(frames))
         return frames, spt
 
@@ -288,7 +287,7 @@ def test_a_media_file_asked_several_questions_is_decoded_once(monkeypatch, demo,
 def test_background_media_give_the_inline_answers_exactly(monkeypatch, demo, tmp_path):
     kw = shared_media_file(demo[0], tmp_path)
     real_load, threads = data.load_frames, set()
-    monkeypatch.setattr(data, "load_frames", lambda *a: threads.add(threading.get_ident()) or real_load(*a))
+    monkeypatch.setattr(data, "load_frames", lambda *a, **k: threads.add(threading.get_ident()) or real_load(*a, **k))
     background_calls = run_eval(monkeypatch, demo, tmp_path / "background", batch_size=3, **kw)
     assert threading.get_ident() not in threads  # decoded on the prefetch thread
     monkeypatch.setattr(data, "prefetch", lambda fn, items: map(fn, items))
@@ -299,3 +298,20 @@ def test_background_media_give_the_inline_answers_exactly(monkeypatch, demo, tmp
     background, inline = (ev.read_records(str(tmp_path / d), ["shared"]) for d in ("background", "inline"))
     assert {k: drop(r) for k, r in background.items()} == {k: drop(r) for k, r in inline.items()}
     assert summary_of(tmp_path / "background") == summary_of(tmp_path / "inline")
+
+
+def test_plan_jobs_keeps_a_media_file_on_one_rank_and_balances_the_rest():
+    row = lambda i, media, kind: {"problem_id": i, "media": media, "data_type": kind}
+    rows = {"b": [row(0, "v1", "video"), row(1, "i1", "image"), row(2, "v1", "video"), row(3, "v2", "video")]}
+    plans = [ev.plan_jobs(rows, 2, rank, shuffle=True) for rank in (0, 1)]
+    jobs = {rank: [(j[1], j[3]) for j in plans[rank][0]] for rank in (0, 1)}
+    # v1's two questions (ordered and shuffled) go to rank 0, one after the other; i1 to the rank with fewer
+    # jobs (1), v2 then to rank 1 (2 jobs against 4)
+    assert jobs == {0: [(0, False), (0, True), (2, False), (2, True)], 1: [(1, False), (3, False), (3, True)]}
+    expected = {("b", 0, False), ("b", 0, True), ("b", 1, False), ("b", 2, False), ("b", 2, True), ("b", 3, False),
+                ("b", 3, True)}
+    assert plans[0][1] == plans[1][1] == expected                 # every rank knows the whole set
+    assert [(j[1], j[3]) for j in ev.plan_jobs(rows, 1, 0, shuffle=False)[0]] == [(0, False), (2, False),
+                                                                                   (1, False), (3, False)]
+    with pytest.raises(ValueError, match="eval_b.json: problem_id values repeat"):
+        ev.plan_jobs({"b": [row(0, "v1", "video"), row(0, "v2", "video")]}, 1, 0, False)

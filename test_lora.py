@@ -13,7 +13,7 @@ from safetensors import safe_open
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 import data
-from checkpoint import list_checkpoints, resolve_model_path
+from common import list_checkpoints, resolve_model_path
 from conftest import ROOT, read_metrics, run_script
 from model import VisionOnceLM, add_lora, generate, load_model, token_logprobs
 

@@ -11,9 +11,12 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 import data
 import model as engine
 import sft
-from checkpoint import list_checkpoints
-from conftest import BAD_MEDIA, dataset_with_bad_media, read_metrics, run_script
+from common import list_checkpoints
+from conftest import BAD_MEDIA, dataset_with_bad_media, demo_config, read_metrics, run_script
 from test_model import hf_inputs
+
+DEMO_MEDIA = dict(max_frames=8, fps=2.0, video_min_pixels=112 * 112, video_max_pixels=112 * 112,
+                  image_min_pixels=112 * 112, image_max_pixels=112 * 112)
 
 
 def hf_labels_loss(hf, tokenizer, row, visual):
@@ -42,7 +45,7 @@ def test_sft_loss_is_exactly_the_assistant_tokens(demo_assets, family):
     hf, tokenizer = engine.load_model(tiny)
     row = next(r for r in data.load_rows(os.path.join(world, "cot.json"), require_process=True)
                if r["data_source"] == family)
-    encoded = sft.encode_row(row, tokenizer)
+    encoded = sft.encode_row(row, tokenizer, DEMO_MEDIA)
     prompt, visual, target_ids = encoded
     assert prompt == data.prompt_text(row)
     assert tokenizer.decode(target_ids) == data.sft_target(row) + "<|im_end|>"
@@ -57,10 +60,10 @@ def test_release_flag_trains_the_question_text_too(demo_assets):
     world, tiny = demo_assets
     _, tokenizer = engine.load_model(tiny)
     row = data.load_rows(os.path.join(world, "cot.json"), require_process=True)[0]
-    default = sft.encode_row(row, tokenizer)
+    default = sft.encode_row(row, tokenizer, DEMO_MEDIA)
     sft.train_prompt_tokens = True
     try:
-        release = sft.encode_row(row, tokenizer)
+        release = sft.encode_row(row, tokenizer, DEMO_MEDIA)
     finally:
         sft.train_prompt_tokens = False
     assert release[0].endswith("<|vision_end|>") and default[0].endswith("<|im_start|>assistant\n")
@@ -83,7 +86,7 @@ def test_bf16_autocast_and_checkpointing_match_fp32(demo_assets):
         hf.train()
         if bf16:
             hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        encoded = sft.collate_targets([sft.encode_row(r, tokenizer) for r in rows], tokenizer, "cpu")
+        encoded = sft.collate_targets([sft.encode_row(r, tokenizer, DEMO_MEDIA) for r in rows], tokenizer, "cpu")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = sft.target_nll(engine.VisionOnceLM(hf), encoded) / encoded[2].sum()
         loss.backward()
@@ -215,10 +218,9 @@ def test_too_many_bad_media_rows_stop_the_run_with_a_clear_error(demo_assets, tm
 
 def run_in_process(monkeypatch, out, **settings):
     """sft.main() with these module settings over small defaults -> (metrics without timings, final weights)."""
-    settings = dict(out_dir=str(out), num_epochs=1, val_rows=16, batch_size=8, micro_batch_size=8,
-                    n_samples=0, save_every=100, **settings)
-    for key, value in settings.items():
-        monkeypatch.setattr(sft, key, value)
+    settings = {**dict(out_dir=str(out), train_rows=None, num_epochs=1, val_rows=16, batch_size=8,
+                       micro_batch_size=8, n_samples=0, save_every=100), **settings}
+    demo_config(monkeypatch, sft, **settings)
     sft.main()
     m = [{k: v for k, v in x.items() if not k.startswith("t_")} for x in read_metrics(out)]
     return m, Qwen2_5_VLForConditionalGeneration.from_pretrained(list_checkpoints(str(out))[-1]).state_dict()
@@ -237,7 +239,7 @@ def test_background_media_give_the_inline_steps_exactly(demo_assets, tmp_path, m
     with open(file, "w") as f:
         json.dump(rows, f)
     real_load, threads = data.load_frames, []
-    monkeypatch.setattr(data, "load_frames", lambda *a: threads.append(threading.get_ident()) or real_load(*a))
+    monkeypatch.setattr(data, "load_frames", lambda *a, **k: threads.append(threading.get_ident()) or real_load(*a, **k))
 
     def run(out):
         threads.clear()

@@ -253,14 +253,13 @@ def test_zero_spread_step_leaves_the_weights_bit_identical(demo_assets, tmp_path
     # is nothing to learn. Before the fix each answer got A = -0.0012 and AdamW turned that rounding error into
     # a full-size step; AdamW's weight decay alone would also move the weights.
     from transformers import Qwen2_5_VLForConditionalGeneration
-    from conftest import read_metrics
+    from conftest import demo_config, read_metrics
     world, tiny = demo_assets
     monkeypatch.setattr(tgrpo, "accuracy_reward", lambda completion, solution, problem_type: 0.3)
     monkeypatch.setattr(tgrpo, "format_reward", lambda completion: 1.0)
     settings = dict(model_path=tiny, data_dir=world, out_dir=str(tmp_path), beta=0.0, temporal=False, max_steps=2,
                     save_every=2, G=8, prompts_per_rank=2, max_new_tokens=8, lr=1e-2, warmup_steps=1, sample_every=0)
-    for key, value in settings.items():
-        monkeypatch.setattr(tgrpo, key, value)
+    demo_config(monkeypatch, tgrpo, **settings)
     tgrpo.main()
     m = read_metrics(str(tmp_path))
     assert [(x["step"], x["zero_spread_groups"], x["grad_norm"]) for x in m] == [(1, 1.0, 0.0), (2, 1.0, 0.0)]
@@ -388,7 +387,7 @@ def test_background_media_give_the_inline_steps_exactly(demo_assets, tmp_path, m
     import threading
     import data
     from transformers import Qwen2_5_VLForConditionalGeneration
-    from conftest import BAD_MEDIA, dataset_with_bad_media, read_metrics
+    from conftest import BAD_MEDIA, dataset_with_bad_media, demo_config, read_metrics
     world, tiny = demo_assets
     file, _ = dataset_with_bad_media(f"{world}/rl.json", tmp_path, dict(enumerate(BAD_MEDIA)))
     with open(file) as f:
@@ -398,14 +397,13 @@ def test_background_media_give_the_inline_steps_exactly(demo_assets, tmp_path, m
     # answers of even length are "right": the groups have spread, so the weights move
     monkeypatch.setattr(tgrpo, "accuracy_reward", lambda completion, solution, problem_type: len(completion) % 2)
     real_load, threads = data.load_frames, []
-    monkeypatch.setattr(data, "load_frames", lambda *a: threads.append(threading.get_ident()) or real_load(*a))
+    monkeypatch.setattr(data, "load_frames", lambda *a, **k: threads.append(threading.get_ident()) or real_load(*a, **k))
 
     def run(out):
         settings = dict(model_path=tiny, data_dir=str(tmp_path), out_dir=str(out), max_steps=3, save_every=3,
                         G=4, G_shuffled=2, prompts_per_rank=3, micro_batch_size=4, max_new_tokens=16, lr=1e-2,
                         warmup_steps=1, sample_every=0, max_bad_media_share=0.9)
-        for key, value in settings.items():
-            monkeypatch.setattr(tgrpo, key, value)
+        demo_config(monkeypatch, tgrpo, **settings)
         threads.clear()
         tgrpo.main()
         m = [{k: v for k, v in x.items() if not k.startswith("t_") and k != "rollout_tok_s"} for x in read_metrics(out)]
@@ -420,3 +418,62 @@ def test_background_media_give_the_inline_steps_exactly(demo_assets, tmp_path, m
     assert background[0][-1]["bad_media"] > 0 and background[1].count("\n") > 0
     assert any(x["grad_norm"] > 0 for x in background[0])
     assert all(torch.equal(background[2][k], inline[2][k]) for k in inline[2])
+
+
+def test_score_by_hand_groups_and_the_completions_trained_on():
+    # two groups: a video (prompts 0 ordered, 1 shuffled) and an image (prompt 2); 2 + 1 + 2 rows
+    right, wrong = "<think>t</think><answer>B</answer>", "<think>t</think><answer>A</answer>"
+    groups = [{"row": {"solution": "<answer>B</answer>", "problem_type": "multiple choice"}, "ordered": 0,
+               "shuffled": 1},
+              {"row": {"solution": "<answer>A</answer>", "problem_type": "multiple choice"}, "ordered": 2,
+               "shuffled": None}]
+    out = {"prompt_index": torch.tensor([0, 0, 1, 2, 2]), "completion_ids": torch.arange(15).view(5, 3),
+           "lengths": torch.tensor([3, 2, 3, 1, 3]), "truncated": torch.tensor([False, False, True, False, True])}
+    texts = [right, wrong, wrong, wrong, right]
+    scores, c = tgrpo.score(groups, out, texts)
+    assert [s["accuracy"] for s in scores] == [[1.0, 0.0], [1.0, 0.0]]
+    assert scores[0]["p_shuffled"] == 0.0 and scores[0]["temporal"] == [tgrpo.alpha, 0.0]  # p = 1/2 >= p~ = 0
+    assert scores[1]["p_ordered"] is None and scores[1]["temporal"] == [0.0, 0.0]
+    assert c["prompt_index"].tolist() == [0, 0, 2, 2]                 # the shuffled row is never trained on
+    assert torch.equal(c["ids"], out["completion_ids"][[0, 1, 3, 4]]) and c["lengths"].tolist() == [3, 2, 1, 3]
+    assert c["mask"].tolist() == [[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]]
+    assert c["truncated"].tolist() == [False, False, False, True]
+
+
+def update_inputs(demo_assets):
+    """A tiny model, a video and an image prompt and 4 sampled completions each, as tgrpo.update takes them."""
+    import data
+    import model as engine
+    from accelerate import Accelerator
+    world, tiny = demo_assets
+    rows = [next(r for r in data.load_rows(f"{world}/rl.json") if r["data_type"] == k) for k in ("video", "image")]
+    hf, tokenizer = engine.load_model(tiny)
+    media = dict(max_frames=8, fps=2.0, video_min_pixels=112 * 112, video_max_pixels=112 * 112,
+                 image_min_pixels=112 * 112, image_max_pixels=112 * 112)
+    visuals = [data.make_visual(*data.load_frames(r, **media)) for r in rows]
+    batch = data.collate([data.prompt_text(r) for r in rows], visuals, tokenizer)
+    out = engine.generate(hf, batch, 4, 12, generator=torch.Generator().manual_seed(0),
+                          stop_ids=engine.stop_token_ids(tokenizer))
+    _, c = tgrpo.score([{"row": r, "ordered": i, "shuffled": None} for i, r in enumerate(rows)], out,
+                       ["x"] * 8)
+    policy = engine.VisionOnceLM(hf)
+    return Accelerator(), policy, batch, c
+
+
+@pytest.mark.parametrize("advantage", [0.0, 1.0])
+def test_update_on_zero_advantages_and_no_kl_leaves_the_weights_bit_identical(demo_assets, monkeypatch, advantage):
+    # called directly: every group without spread (A = 0) and beta = 0, so the loss has no gradient; AdamW would
+    # still move the weights (weight decay); with A = 1 the same call does move them (the test can fail)
+    from common import make_optimizer
+    monkeypatch.setattr(tgrpo, "beta", 0.0)
+    monkeypatch.setattr(tgrpo, "num_iterations", 2)
+    acc, policy, batch, c = update_inputs(demo_assets)
+    optimizer, scheduler = make_optimizer(policy, 1e-2, (0.9, 0.999), 1e-8, 0.1, total_updates=4, warmup=1)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    advantages = torch.tensor([advantage, -advantage] * 4)
+    stats = tgrpo.update(acc, policy, optimizer, scheduler, batch, c, advantages, None, None)
+    after = policy.state_dict()
+    unchanged = all(torch.equal(before[k], after[k]) for k in before)
+    assert unchanged == (advantage == 0.0)
+    assert (stats["grad_norm"] == 0.0) == (advantage == 0.0) and stats["kl"] == 0.0
+    assert scheduler.last_epoch == 2  # one schedule step per iteration, applied or not

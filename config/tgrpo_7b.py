@@ -1,37 +1,7 @@
-# The paper's T-GRPO run: Qwen2.5-VL-7B after the SFT cold start, Video-R1-260k, 8 GPUs, ~1k steps.
+# The paper's T-GRPO run (tgrpo.py's defaults): Qwen2.5-VL-7B after the SFT cold start, Video-R1-260k, 8 GPUs.
 #   accelerate launch --config_file config/accelerate_zero2.yaml tgrpo.py config/tgrpo_7b.py
 model_path = "out/sft_7b"
 data_dir = "data/Video-R1-data"          # folder holding Video-R1-260k.json and the media
 train_file = "Video-R1-260k.json"
 out_dir = "out/tgrpo_7b"
-max_frames = 16
-video_min_pixels = 128 * 28 * 28
-video_max_pixels = 128 * 28 * 28
-image_min_pixels = 4 * 28 * 28
-image_max_pixels = 256 * 28 * 28
-max_prompt_length = 16384
-G = 8
-G_shuffled = 4
-alpha = 0.3
-mu = 1.0
-omega = 0.2
-l_min = 320
-l_max = 512
-beta = 0.04
-eps = 0.2
-temperature = 1.0
-top_p = 0.95
-max_new_tokens = 768
-num_iterations = 1
-advantage_norm = "group"
-max_steps = 1000
-prompts_per_rank = 1
-micro_batch_size = 8
-lr = 1e-6
-weight_decay = 0.01
-warmup_steps = 0
-grad_clip = 5.0
-gradient_checkpointing = True
-save_every = 100
-sample_every = 10
 log_with = "wandb"

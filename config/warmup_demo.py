@@ -2,11 +2,15 @@
 # colours, places and time, as Qwen2.5-VL-Instruct does before the paper's SFT. Short questions about
 # what is where and when (warmup.json: media of its own, never the demo's questions), plain prompts
 # (no reasoning template), answer-only targets, so every target token depends on the picture.
-# Built on first use by demo.ensure_demo_assets into demo/tiny-qwen2.5-vl-warm; by hand:
+# `python demo.py` (or `python demo.py assets`) builds it once into demo/tiny-qwen2.5-vl-warm; by hand:
 #   python sft.py config/warmup_demo.py --out_dir=demo/tiny-qwen2.5-vl-warm
 model_path = "demo/tiny-qwen2.5-vl"
 data_dir = "demo/world"
 train_file = "warmup.json"
+out_dir = "demo/tiny-qwen2.5-vl-warm"
+max_frames = 8
+max_length = 4096
+gradient_checkpointing = False
 question_template = "plain"
 target_format = "answer"
 num_epochs = 8
