@@ -178,7 +178,7 @@ def test_bad_media_rows_are_replaced_logged_and_resume_exactly(demo_assets, tmp_
         json.dump(rows, f)
     out = tmp_path / "out"
     common = ["sft.py", f"--model_path={demo_assets[1]}", f"--data_dir={tmp_path}", f"--out_dir={out}",
-              "--num_epochs=1", "--batch_size=32",
+              "--train_rows=224", "--num_epochs=1", "--batch_size=32",
               "--eval_every=2", "--n_samples=32", "--sample_tokens=4", "--save_every=2", "--keep_last=5",
               "--max_bad_media_share=0.1"]
     stdout = run_script(*common)
