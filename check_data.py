@@ -3,10 +3,10 @@ Check a dataset file before a long run: every row validated, every media file de
 settings training will use, in parallel processes; a report of the bad rows, exit status 1 if there
 is any, and optionally a clean copy without them. A bad file then costs nothing during training.
 
-    python check_data.py data/Video-R1-data/Video-R1-260k.json --workers=64
-    --clean=data/Video-R1-data/Video-R1-260k.clean.json python check_data.py
-    data/Video-R1-data/Video-R1-COT-165k.json --require_process=True --workers=64 python
-    check_data.py data/eval/eval_vsibench.json --max_frames=64 --video_max_pixels=200704
+    python check_data.py data/Video-R1-data/Video-R1-260k.json --workers=64 \
+        --clean=data/Video-R1-data/Video-R1-260k.clean.json
+    python check_data.py data/Video-R1-data/Video-R1-COT-165k.json --require_process=True --workers=64
+    python check_data.py data/eval/eval_vsibench.json --max_frames=64 --video_max_pixels=200704
 
 The report (file, row, field or media path, reason) goes to <file name>.check.tsv.
 """
