@@ -1,7 +1,7 @@
 """
-The demo world: short videos and images of coloured squares, with questions of all five problem types
-in the Video-R1 row schema, and the perception warm-up that stands in for Qwen2.5-VL's pretraining.
-Demo only: data.py holds what a real dataset goes through.
+The demo world: short videos and images of coloured squares, with questions of all five problem
+types in the Video-R1 row schema, and the perception warm-up that stands in for Qwen2.5-VL's
+pretraining. Demo only: data.py holds what a real dataset goes through.
 
     python demo_world.py demo/world --n_rl=2000 --n_cot=352 --n_eval=400 --n_warmup=4000
 
@@ -11,8 +11,9 @@ Why it looks like this (a 64-wide, 2-layer model has to learn it on a CPU in min
 - Videos are 4 s at 4 fps: four 1-second "moments" of 4 identical frames. Sampled at 2 fps
   (max_frames=8) a moment is exactly one 2-frame temporal patch, so the model sees one scene per
   patch, and a frame-level shuffle (T-GRPO's shuffled rollouts) mixes scenes inside patches.
-- Multiple-choice options are listed in a fixed order per family (like a benchmark with a fixed label
-  set), so a letter names a class; every class is equally common, so a constant letter scores 1/4.
+- Multiple-choice options are listed in a fixed order per family (like a benchmark with a fixed
+  label set), so a letter names a class; every class is equally common, so a constant letter scores
+  1/4.
 
 Families (data_source "demo/<family>"), dealt round robin so each is balanced:
   order-dependent videos: order (MC: which colour comes first), sequence (free-form: the colours in
@@ -21,8 +22,8 @@ Families (data_source "demo/<family>"), dealt round robin so each is balanced:
   order-free video: count (numerical);
   images: colour (MC), ocr (OCR, two letters), area (regression: % of the grid filled), describe
     (free-form).
-Held-out rows (eval_demo.json) come from another random stream; warmup.json asks short questions about
-what is where and when (plain prompts, answer-only targets), never the families' questions.
+Held-out rows (eval_demo.json) come from another random stream; warmup.json asks short questions
+about what is where and when (plain prompts, answer-only targets), never the families' questions.
 """
 import json
 import os
@@ -33,13 +34,15 @@ from PIL import Image
 
 SIZE = 112                        # frame side: 4x4 merged tokens of 28 px
 FPS, MOMENTS, FRAMES_PER_MOMENT = 4, 4, 4   # 4 s videos; one moment = one temporal patch at 2 fps
-BACKGROUND = 20                   # dark grey, so a black frame from a decoding bug is not mistaken for it
+# dark grey, so a black frame from a decoding bug is not mistaken for it
+BACKGROUND = 20
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 90, 230), "yellow": (230, 210, 40)}
 NAMES = tuple(COLOURS)
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")  # index = 2 * row + column
 SQUARE = 44                       # px, centred in its 56 px quadrant
 DIRECTIONS = ("left", "right", "up", "down")
-USUAL_COLOUR = {"left": "green", "right": "red", "up": "blue", "down": "yellow"}  # the direction shortcut
+# the direction shortcut
+USUAL_COLOUR = {"left": "green", "right": "red", "up": "blue", "down": "yellow"}
 NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight")
 GLYPHS = {  # 3x5 blocky letters, drawn with 14 px blocks (42x70 px): legible without a font file
     "A": "111101111101101", "C": "111100100100111", "E": "111100111100111", "H": "101101111101101",
@@ -91,7 +94,8 @@ def neighbour(quadrant, direction):
 def _order(rng, k):
     a = NAMES[k % 4]
     b = str(rng.choice([c for c in NAMES if c != a]))
-    switch = int(rng.integers(1, MOMENTS))  # a for moments [0, switch), then b: durations do not tell
+    # a for moments [0, switch), then b: durations do not tell
+    switch = int(rng.integers(1, MOMENTS))
     qa, qb = (int(q) for q in rng.permutation(4)[:2])  # and neither do the places
     frames = video([[(qa, a)]] * switch + [[(qb, b)]] * (MOMENTS - switch))
     opts, letter = options(NAMES, a)
@@ -112,7 +116,8 @@ def _sequence(rng, k):
 
 def _direction(rng, k):
     d = DIRECTIONS[k % 4]
-    shortcut = (k // 4) % 4 != 3  # 3 of every 4 videos per direction have the direction's usual colour
+    # 3 of every 4 videos per direction have the direction's usual colour
+    shortcut = (k // 4) % 4 != 3
     colour = USUAL_COLOUR[d] if shortcut else str(rng.choice([c for c in NAMES if c != USUAL_COLOUR[d]]))
     start = int(rng.choice([q for q in range(4) if neighbour(q, d) is not None]))
     end, switch = neighbour(start, d), int(rng.integers(1, MOMENTS))
@@ -142,7 +147,8 @@ def _colour(rng, k):
 def draw_letters(image, word):
     for i, letter in enumerate(word):
         for j in [j for j, bit in enumerate(GLYPHS[letter]) if bit == "1"]:
-            y, x = 14 + 14 * (j // 3), 56 * i + 14 * (j % 3)  # 14 px blocks: each ViT patch is on or off
+            # 14 px blocks: each ViT patch is on or off
+            y, x = 14 + 14 * (j // 3), 56 * i + 14 * (j % 3)
             image[0, y:y + 14, x:x + 14] = 235
 
 
@@ -189,12 +195,13 @@ IMAGE_FAMILIES = {"colour": _colour, "ocr": _ocr, "area": _area, "describe": _de
 
 
 def _warmup_video(rng):
-    """1-3 squares, each on screen for its own time span, some jumping to a neighbouring quadrant on the
-    way, and one short question about what is seen first, last, or which comes first ->
+    """1-3 squares, each on screen for its own time span, some jumping to a neighbouring quadrant on
+    the way, and one short question about what is seen first, last, or which comes first ->
     (frames, question, answer)."""
     n = int(rng.integers(1, 4))
     colours, quadrants = [str(c) for c in rng.permutation(NAMES)[:n]], [int(q) for q in rng.permutation(4)[:n]]
-    spans = [sorted(int(s) for s in rng.choice(MOMENTS + 1, 2, replace=False)) for _ in range(n)]  # [from, to)
+    # [from, to)
+    spans = [sorted(int(s) for s in rng.choice(MOMENTS + 1, 2, replace=False)) for _ in range(n)]
     spans[0][0], spans[-1][1] = 0, MOMENTS  # something is on screen at the start and at the end
     places = []  # per square and moment: its quadrant
     for q, (a, b) in zip(quadrants, spans):
@@ -213,7 +220,8 @@ def _warmup_video(rng):
                 f"the {colours[i]} square")
     nexts = {i: [j for a, j in later if a == i and starts[j] == min(starts[k] for a, k in later if a == i)]
              for i, _ in later}
-    nexts = {i: js[0] for i, js in nexts.items() if len(js) == 1}  # the square that shows up next, if one
+    # the square that shows up next, if one
+    nexts = {i: js[0] for i, js in nexts.items() if len(js) == 1}
     if kind == 3 and nexts:
         i = int(rng.choice(sorted(nexts)))
         return video(scenes), f"What comes after the {colours[i]} square?", f"a {colours[nexts[i]]} square"
@@ -244,7 +252,8 @@ def write_video(path, frames):
     with av.open(path, "w") as container:
         stream = container.add_stream("libx264", rate=FPS)
         stream.height, stream.width, stream.pix_fmt = frames.shape[1], frames.shape[2], "yuv420p"
-        stream.options = {"crf": "12", "preset": "ultrafast", "threads": "1"}  # near-lossless, deterministic
+        # near-lossless, deterministic
+        stream.options = {"crf": "12", "preset": "ultrafast", "threads": "1"}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
@@ -269,7 +278,8 @@ def _split(out_dir, split, rng, n):
             rows.append({"problem": problem, "data_type": modality, "problem_type": problem_type,
                          "options": opts, "process": f"<think>{think}</think>",
                          "solution": f"<answer>{answer}</answer>", "path": rel, "data_source": f"demo/{family}"})
-    rows = [rows[i] for i in rng.permutation(len(rows))]  # mix videos and images, so a limit sees both
+    # mix videos and images, so a limit sees both
+    rows = [rows[i] for i in rng.permutation(len(rows))]
     return [{"problem_id": i, **row} for i, row in enumerate(rows)]
 
 
@@ -290,7 +300,8 @@ def make_demo_world(out_dir, seed=0, n_rl=2000, n_cot=352, n_eval=400, n_warmup=
     """Write videos/, images/ and rl.json (n_rl questions), cot.json (the first n_cot of them with a
     `process`, as COT-165k is a subset of the 260k), eval_demo.json (n_eval held-out questions from
     another random stream) and warmup.json (n_warmup perception questions, media of their own).
-    Same arguments -> identical files. Returns {"rl": rows, "cot": rows, "eval_demo": rows, "warmup": rows}."""
+    Same arguments -> identical files. Returns {"rl": rows, "cot": rows, "eval_demo": rows,
+    "warmup": rows}."""
     if n_cot > n_rl:
         raise ValueError(f"n_cot={n_cot} must not exceed n_rl={n_rl}: the COT rows are a subset of the RL rows")
     for sub in ("videos", "images"):
