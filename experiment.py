@@ -6,6 +6,7 @@ under one where the temporal bonus can act?
     python experiment.py                  # 3 seeds x 8 arms on 2 CPU cores (see README for the time)
     python experiment.py --seeds=[0] --rl_steps=20 --out_root=out/experiment_quick   # a few minutes
     python plot.py                        # training curves of every arm of the last seed
+    python experiment.py --family=qwen3_vl   # on a tiny Qwen3-VL: timestamps "keep" vs "follow"
 
 Arms per seed (one SFT run, config/sft_demo.py, shared by the four RL arms, which differ only by flags):
   sft                SFT only
@@ -17,6 +18,9 @@ and two controls:
   sft_long           SFT for long_sft_epochs instead of 80 on the same 96 rows: has the demo's SFT converged?
   sft_all, tgrpo_all SFT on all 352 COT rows (all_sft_epochs), alone and with tgrpo's run after it: what
                      3.7x more written reasoning buys, and what RL adds to that
+With family="qwen3_vl" the arms are sft, tgrpo_keep and tgrpo_follow: T-GRPO whose shuffled videos keep
+their timestamps in order (the frames move, the text does not) or carry each frame's timestamp along
+(tgrpo.py's shuffle_timestamps), results in experiment/qwen3_vl/.
 Every model is evaluated on eval_demo.json with ordered and shuffled frames (eval.py --shuffle=True).
 Each stage is skipped when its output exists, so an interrupted run resumes; delete out_root to start
 over. Tables (mean +- std over seeds) go to results_dir/results.md and results.json.
@@ -36,6 +40,7 @@ results_dir = "experiment"
 extra_rl = []                           # more tgrpo.py flags for every RL arm, e.g. ["--alpha=1.0"]
 long_sft_epochs = 160                   # sft_long's epochs (config/sft_demo.py: 80 over its 96 rows)
 all_sft_epochs = 20                     # sft_all's epochs over all 320 training rows of cot.json
+family = "qwen2_5_vl"                   # or "qwen3_vl": the tiny Qwen3-VL and the timestamp arms
 
 from configurator import configure
 
@@ -55,6 +60,15 @@ NAMES = {"chance": "chance (blind guess)", "sft": "SFT only", "grpo": "SFT + GRP
          "grpo_batch": "SFT + GRPO, batch norm", "tgrpo_batch": "SFT + T-GRPO, batch norm",
          "sft_long": f"SFT only, {long_sft_epochs} epochs", "sft_all": "SFT only, all 352 COT rows",
          "tgrpo_all": "SFT all 352 COT rows + T-GRPO"}
+if family != "qwen2_5_vl":
+    SFTS = {"sft": []}
+    ARMS = {"sft": None, "tgrpo_keep": ["--shuffle_timestamps=keep"],
+            "tgrpo_follow": ["--shuffle_timestamps=follow"]}
+    NAMES.update(tgrpo_keep="SFT + T-GRPO, timestamps kept in order",
+                 tgrpo_follow="SFT + T-GRPO, timestamps follow the frames")
+    if out_root == "out/experiment":
+        out_root, results_dir = f"out/experiment_{family}", f"experiment/{family}"
+PATHS, OVERLAY = demo.demo_paths(family)  # the family's demo configs go after config/<stage>_demo.py
 ENV = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
 
@@ -97,7 +111,7 @@ def train_stats(out_dir):
 def run_seed(seed):
     root = os.path.join(out_root, f"seed{seed}")
     os.makedirs(root, exist_ok=True)
-    run_all([(["sft.py", "config/sft_demo.py", *flags, f"--seed={seed}", f"--out_dir={root}/{arm}"],
+    run_all([(["sft.py", "config/sft_demo.py", *OVERLAY("sft"), *flags, f"--seed={seed}", f"--out_dir={root}/{arm}"],
               f"{root}/{arm}.log") for arm, flags in SFTS.items() if not done(os.path.join(root, arm))])
     runs = []
     for arm, flags in ARMS.items():
@@ -106,14 +120,14 @@ def run_seed(seed):
             if os.path.isdir(os.path.join(root, f"eval_{arm}")):  # answers of an older model
                 os.rename(os.path.join(root, f"eval_{arm}"), os.path.join(root, f"eval_{arm}.old.{time.time():.0f}"))
             sft = os.path.join(root, START.get(arm, "sft"))
-            runs.append((["tgrpo.py", "config/tgrpo_demo.py", *flags, f"--model_path={sft}", f"--seed={seed}",
+            runs.append((["tgrpo.py", "config/tgrpo_demo.py", *OVERLAY("tgrpo"), *flags, f"--model_path={sft}", f"--seed={seed}",
                           f"--out_dir={out}", f"--max_steps={rl_steps}", *extra_rl], f"{root}/{arm}.log"))
     run_all(runs)
     evals = []
     for arm in ARMS:
         out = os.path.join(root, f"eval_{arm}")
         if not os.path.exists(os.path.join(out, "summary.json")):
-            evals.append((["eval.py", "config/eval_demo.py", f"--model_path={root}/{arm}", "--shuffle=True",
+            evals.append((["eval.py", "config/eval_demo.py", *OVERLAY("eval"), f"--model_path={root}/{arm}", "--shuffle=True",
                            f"--out_dir={out}"], f"{root}/eval_{arm}.log"))
     run_all(evals)
     results = {arm: demo.score_records(demo.read_answers(os.path.join(root, f"eval_{arm}"))) for arm in ARMS}
@@ -179,7 +193,7 @@ def _dig(d, keys):
 
 if __name__ == "__main__":
     t0 = time.time()
-    ensure_demo_assets()
+    ensure_demo_assets(model_type=family)
     results = {}
     for seed in seeds:
         results[seed] = run_seed(seed)
