@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 import demo_world
+import families
 
 DEMO_WORLD = "demo/world"                  # synthetic videos, images and the dataset files
 DEMO_MODEL = "demo/tiny-qwen2.5-vl"        # random-weight Qwen2.5-VL with a small tokenizer
@@ -35,6 +36,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_s
                   "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
 ADDED_TOKENS = ["<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
                 "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
+QWEN3_ADDED_TOKENS = ["<tool_response>", "</tool_response>", "<think>", "</think>"]  # Qwen3 adds these
 # Qwen2's pre-tokenizer split (words, single digits, punctuation runs, newlines, spaces).
 PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 # ChatML as Qwen2.5-VL renders it: default system turn, visuals before text inside a user turn.
@@ -51,11 +53,15 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+QWEN3_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(  # Qwen3-VL-Instruct renders no default system turn
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant."
+    "<|im_end|>\n{% endif %}", "")
 
 
 def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64, num_layers=2,
-                         vision_hidden_size=64, vision_depth=2, rope_theta=10.0):
-    """Write a random-weight Qwen2.5-VL and a byte-level BPE tokenizer trained on `texts` to `out_dir`.
+                         vision_hidden_size=64, vision_depth=2, rope_theta=10.0, model_type="qwen2_5_vl"):
+    """Write a random-weight Qwen2.5-VL (model_type="qwen3_vl": Qwen3-VL, DeepStack included) and a
+    byte-level BPE tokenizer with the family's special tokens, trained on `texts`, to `out_dir`.
 
     Real architecture, toy sizes: trains on a laptop CPU in minutes. The layout is the standard HF one
     (config.json, generation_config.json, model.safetensors, tokenizer.json, tokenizer_config.json) so
@@ -67,8 +73,10 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
     """
     import torch
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import AutoTokenizer, GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoTokenizer, GenerationConfig, Qwen2_5_VLConfig
     from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
+    qwen3 = model_type == "qwen3_vl"
+    added = ADDED_TOKENS + QWEN3_ADDED_TOKENS * qwen3
 
     # 1. tokenizer: Qwen2's byte-level BPE pipeline, trained on the given texts
     bpe = Tokenizer(models.BPE())
@@ -77,16 +85,16 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
         pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(SPECIAL_TOKENS) - len(ADDED_TOKENS),
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(SPECIAL_TOKENS) - len(added),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     bpe.train_from_iterator(list(texts), trainer)
     # appended after the BPE vocabulary, in Qwen's order, like the real tokenizer
     bpe.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-    bpe.add_tokens([AddedToken(t, special=False, normalized=False) for t in ADDED_TOKENS])
+    bpe.add_tokens([AddedToken(t, special=False, normalized=False) for t in added])
     tokenizer = Qwen2Tokenizer(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                unk_token=None, model_max_length=32768, clean_up_tokenization_spaces=False)
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})  # known as special
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE if qwen3 else CHAT_TEMPLATE
     tokenizer.save_pretrained(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(out_dir)  # ids exactly as a loader will see them
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
@@ -98,27 +106,57 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
     # from right. rope_theta 10 gives every axis rotations of 0.13-1 rad per position.
     half = hidden_size // 4 // 2
     mrope_section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=32768, rms_norm_eps=1e-6,
-                         rope_parameters=dict(rope_type="default", rope_theta=rope_theta, mrope_section=mrope_section),
-                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=vision_depth, hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size,
-                           num_heads=4, out_hidden_size=hidden_size, patch_size=14, temporal_patch_size=2,
-                           spatial_merge_size=2, window_size=112, fullatt_block_indexes=[vision_depth - 1],
-                           tokens_per_second=2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False)
+    if qwen3:
+        config = tiny_qwen3_vl_config(ids, len(tokenizer), hidden_size, num_layers, vision_hidden_size,
+                                      vision_depth, rope_theta)
+    else:
+        config = Qwen2_5_VLConfig(
+            text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                             num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=32768, rms_norm_eps=1e-6,
+                             rope_parameters=dict(rope_type="default", rope_theta=rope_theta, mrope_section=mrope_section),
+                             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                             pad_token_id=ids["<|endoftext|>"]),
+            vision_config=dict(depth=vision_depth, hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size,
+                               num_heads=4, out_hidden_size=hidden_size, patch_size=14, temporal_patch_size=2,
+                               spatial_merge_size=2, window_size=112, fullatt_block_indexes=[vision_depth - 1],
+                               tokens_per_second=2),
+            image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+            tie_word_embeddings=False)
     with torch.random.fork_rng():  # seeded init without disturbing the caller's RNG
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
+        model = families.of(config).model_class(config)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]])
     model.save_pretrained(out_dir)
+
+
+def tiny_qwen3_vl_config(ids, vocab_size, hidden_size, num_layers, vision_hidden_size, vision_depth,
+                         rope_theta):
+    """Qwen3-VL at toy sizes: head_dim 16, interleaved M-RoPE with Qwen3-VL's [24, 20, 20] split scaled
+    to 8 frequencies ([4, 2, 2]), DeepStack from every vision block into the first language layers
+    (one more language layer than levels, so a layer without DeepStack is exercised too)."""
+    from transformers import Qwen3VLConfig
+    half = 16 // 2
+    spatial = half * 20 // 64
+    return Qwen3VLConfig(
+        text_config=dict(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=num_layers + 1, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=16, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                         rope_parameters=dict(rope_type="default", rope_theta=rope_theta,
+                                              mrope_section=[half - 2 * spatial, spatial, spatial],
+                                              mrope_interleaved=True),
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(depth=vision_depth, hidden_size=vision_hidden_size,
+                           intermediate_size=2 * vision_hidden_size, num_heads=4, out_hidden_size=hidden_size,
+                           patch_size=16, temporal_patch_size=2, spatial_merge_size=2,
+                           num_position_embeddings=64, deepstack_visual_indexes=list(range(vision_depth))),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False)
 
 
 def ensure_demo_assets(warm=True):

@@ -72,6 +72,7 @@ config = configure(globals(), None if __name__ == "__main__" else [])  # tests i
 
 import common
 import data
+import families
 import model as engine
 from rewards import accuracy_reward, extract_answer, format_reward
 
@@ -102,7 +103,7 @@ def encode_row(row, tokenizer, media):
     data.MediaError when its media cannot be loaded. With train_prompt_tokens the question text
     after the vision block moves into the target."""
     frames, spt = data.load_frames(row, **media)                        # [T, 3, H, W]
-    visual = data.make_visual(frames, spt)
+    visual = data.make_visual(frames, spt, media["family"])
     answer = data.sft_target(row) if target_format == "cot" else extract_answer(row["solution"])
     prompt, target = data.prompt_text(row, template=question_template), answer + "<|im_end|>"
     if train_prompt_tokens:
@@ -192,7 +193,7 @@ def show_samples(hf, tokenizer, rows, media, metrics_log):
     loaded = []
     for r in rows:
         try:
-            loaded.append((r, data.make_visual(*data.load_frames(r, **media))))
+            loaded.append((r, data.make_visual(*data.load_frames(r, **media), media["family"])))
         except data.MediaError:
             continue
     rows, visuals = [r for r, _ in loaded], [v for _, v in loaded]
@@ -249,7 +250,7 @@ def main():
     if master:
         print(f"{len(train)} train rows, {len(val)} held out, {total_steps} steps of "
               f"{batch_size} x {world} samples")
-    media = data.media_settings(cfg)
+    media = data.media_settings(cfg, families.of(hf.config))
     encode = lambda row: encode_row(row, tokenizer, media)
     # length-aware batching by a cheap proxy: modality first, then characters of question + answer
     lengths = [(r["data_type"], len(r["problem"]) + len(r.get("process", ""))) for r in train]

@@ -1,0 +1,120 @@
+"""families.py: what differs between the model families the project trains, one block per family.
+
+    family = families.of(hf.config)      # from config.model_type; an unknown type is an error
+    family.patch_size, family.image_mean, family.lora_targets, ...
+
+Both families cut frames into 2-frame temporal patches and merge 2x2 patches into one LLM token, and
+place a visual's tokens on the M-RoPE axes (temporal, height, width) the same way. They differ in:
+- Qwen2.5-VL: 14-pixel patches (sides multiples of 28), CLIP normalisation, a video is ONE run of pad
+  tokens whose temporal position ids grow with time (second_per_grid_t * tokens_per_second).
+- Qwen3-VL: 16-pixel patches (sides multiples of 32), mean = std = 0.5, a video is one run per temporal
+  patch, each preceded by a text timestamp "<1.2 seconds>" and placed like an image (time is in the
+  text, not in the position ids); DeepStack: features of three vision levels are added to the hidden
+  states of the first language layers at the visual positions.
+A reader of one family can skip the other's block.
+"""
+from dataclasses import dataclass
+
+import torch
+from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
+
+TEMPORAL_PATCH_SIZE = 2   # frames per temporal patch (both families)
+MERGE_SIZE = 2            # 2x2 patches -> one LLM token (both families)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str                # config.model_type
+    model_class: type        # the Hugging Face class a checkpoint loads into
+    patch_size: int          # ViT patch side in pixels; frame sides are multiples of patch_size * 2
+    image_mean: tuple        # per-channel normalisation the ViT was trained with
+    image_std: tuple
+    timestamps: bool         # video time as text "<t seconds>" before each temporal patch
+    deepstack: bool          # vision levels added to the first language layers' hidden states
+    lora_targets: dict       # LoRA part -> PEFT full-match regex over the module names
+
+    @property
+    def factor(self):
+        """Frame sides are multiples of this many pixels (one merged token's side)."""
+        return self.patch_size * MERGE_SIZE
+
+
+LANGUAGE_LORA = r"model\.language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
+
+# Qwen2.5-VL: CLIP statistics; the vision MLP is gated like the language one.
+QWEN2_5_VL = Family(
+    name="qwen2_5_vl", model_class=Qwen2_5_VLForConditionalGeneration, patch_size=14,
+    image_mean=(0.48145466, 0.4578275, 0.40821073), image_std=(0.26862954, 0.26130258, 0.27577711),
+    timestamps=False, deepstack=False,
+    lora_targets={"language": LANGUAGE_LORA,
+                  "vision": r"model\.visual\.(blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate|up|down)_proj)"
+                            r"|merger\.mlp\.[02])"})
+
+# Qwen3-VL: SigLIP-2 statistics (mean = std = 0.5); plain 2-layer vision MLPs, and one merger per
+# DeepStack level beside the final one.
+QWEN3_VL = Family(
+    name="qwen3_vl", model_class=Qwen3VLForConditionalGeneration, patch_size=16,
+    image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
+    timestamps=True, deepstack=True,
+    lora_targets={"language": LANGUAGE_LORA,
+                  "vision": r"model\.visual\.(blocks\.\d+\.(attn\.(qkv|proj)|mlp\.linear_fc[12])"
+                            r"|(merger|deepstack_merger_list\.\d+)\.linear_fc[12])"})
+
+FAMILIES = {f.name: f for f in (QWEN2_5_VL, QWEN3_VL)}
+
+
+def of(config):
+    """The Family of a Hugging Face config (or a model_type string); ValueError naming the supported ones."""
+    model_type = config if isinstance(config, str) else config.model_type
+    if model_type not in FAMILIES:
+        raise ValueError(f"model_type {model_type!r} is not supported; supported: {sorted(FAMILIES)}")
+    return FAMILIES[model_type]
+
+
+def patch_timestamps(frame_seconds):
+    """Qwen3-VL: one timestamp per temporal patch, the mean of its first and last frame's time (the
+    processor's rule; an odd count repeats the last frame, as patchify does).
+
+    >>> patch_timestamps([0.0, 0.5, 1.0, 1.5])
+    [0.25, 1.25]
+    """
+    s = list(frame_seconds)
+    s += s[-1:] * (len(s) % TEMPORAL_PATCH_SIZE)
+    return [(s[i] + s[i + TEMPORAL_PATCH_SIZE - 1]) / 2 for i in range(0, len(s), TEMPORAL_PATCH_SIZE)]
+
+
+def video_text(family, visual, pad_token, start="<|vision_start|>", end="<|vision_end|>"):
+    """The text that replaces a video prompt's "<|vision_start|><|video_pad|><|vision_end|>".
+
+    Qwen2.5-VL: the pad repeated once per merged token, inside the one start/end pair.
+    Qwen3-VL (the format of the released checkpoints, transformers 4.57's processor): per temporal
+    patch "<t seconds>" + start + pads + end, with NO outer pair; the 5.10+ processor keeps the
+    template's outer pair around it all (vLLM #46817), a format the checkpoints were not trained on.
+    >>> video_text(QWEN3_VL, {"grid_thw": tensor([2, 2, 2]), "timestamps": [0.25, 1.25]}, "<p>")
+    '<0.2 seconds><|vision_start|><p><|vision_end|><1.2 seconds><|vision_start|><p><|vision_end|>'
+    """
+    t, h, w = visual["grid_thw"].tolist()
+    per_patch = h * w // MERGE_SIZE ** 2
+    if not family.timestamps:
+        return start + pad_token * (t * per_patch) + end
+    if len(visual["timestamps"]) != t:
+        raise ValueError(f"{len(visual['timestamps'])} timestamps for {t} temporal patches")
+    return "".join(f"<{s:.1f} seconds>{start}{pad_token * per_patch}{end}" for s in visual["timestamps"])
+
+
+def visual_runs(family, visual, tokens_per_second=None):
+    """The runs of pad tokens a visual occupies in the prompt, in order, as (temporal ids [t], rows,
+    cols) in merged-token units; each run is placed on the M-RoPE axes from its first token on.
+
+    Qwen2.5-VL: one run; a video's temporal ids grow with time: int(i * tokens_per_second * spg).
+    Qwen3-VL: a video is one run per temporal patch, each placed like an image (temporal id 0).
+    """
+    t, h, w = visual["grid_thw"].tolist()
+    h, w = h // MERGE_SIZE, w // MERGE_SIZE
+    if visual["kind"] == "image":
+        return [(torch.zeros(t, dtype=torch.long), h, w)]
+    if family.timestamps:
+        return [(torch.zeros(1, dtype=torch.long), h, w)] * t
+    # float32 as in HF, so the truncation agrees bit for bit
+    interval = tokens_per_second * torch.tensor(visual["second_per_grid_t"])
+    return [((torch.arange(t) * interval).long(), h, w)]  # e.g. [0, 2, 4, 6]
