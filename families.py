@@ -11,7 +11,8 @@ place a visual's tokens on the M-RoPE axes (temporal, height, width) the same wa
   patch, each preceded by a text timestamp "<1.2 seconds>" and placed like an image (time is in the
   text, not in the position ids); DeepStack: features of three vision levels are added to the hidden
   states of the first language layers at the visual positions.
-A reader of one family can skip the other's block.
+A reader of one family can skip the other's block. The M-RoPE positions of a batch (rope_positions,
+used through model.py) are here too: one rule for both families, visual_runs being the difference.
 """
 from dataclasses import dataclass
 
@@ -118,3 +119,66 @@ def visual_runs(family, visual, tokens_per_second=None):
     # float32 as in HF, so the truncation agrees bit for bit
     interval = tokens_per_second * torch.tensor(visual["second_per_grid_t"])
     return [((torch.arange(t) * interval).long(), h, w)]  # e.g. [0, 2, 4, 6]
+
+
+def rope_positions(input_ids, attention_mask, visuals, config):
+    """M-RoPE position ids [3, B, L] (temporal, height, width axes) of a left-padded batch.
+
+    Text tokens count up by one on all three axes. A visual is one or more runs of pad tokens
+    (visual_runs: Qwen3-VL puts each temporal patch of a video in a run of its own); a run
+    starting at position s gets, per merged token at (temporal patch i, row y, column x): temporal
+    s + t_ids[i] (0 for images and Qwen3-VL; Qwen2.5-VL videos int(i * tokens_per_second * spg)),
+    height s + y, width s + x. The text after a run resumes at the largest position so far + 1
+    (Qwen2.5-VL's rule; transformers 5.23's Qwen2.5-VL get_rope_index instead resumes at
+    s + max(rows, cols), which differs for videos whose temporal ids outrun their height/width; for
+    Qwen3-VL the two rules agree). Pads get 0 (they are masked). `visuals[b]` is row b's visual or None.
+
+    Example: image with grid_thw (1, 4, 6), i.e. 2x3 merged tokens I, one left pad:
+        tokens    pad  sys <vs>  I  I  I  I  I  I <ve> txt
+        temporal   0    0    1   2  2  2  2  2  2   5   6
+        height     0    0    1   2  2  2  3  3  3   5   6
+        width      0    0    1   2  3  4  2  3  4   5   6
+    """
+    family = of(config)
+    tokens_per_second = getattr(config.vision_config, "tokens_per_second", None)
+    positions = torch.zeros(3, *input_ids.shape, dtype=torch.long)  # [3, B, L]
+    for b, (ids, mask, visual) in enumerate(zip(input_ids.cpu(), attention_mask.cpu().bool(), visuals)):
+        ids = ids[mask]  # [n] the row without its left padding
+        is_vis = (ids == config.image_token_id) | (ids == config.video_token_id)  # [n]
+        runs = []
+        if visual is not None:
+            if visual["family"] != family.name:
+                raise ValueError(f"row {b}: a {visual['family']} visual for a {family.name} model")
+            runs = visual_runs(family, visual, tokens_per_second)
+        elif is_vis.any():
+            raise ValueError(f"row {b}: visual pad tokens but no visual")
+        pieces, pos, cursor = [], 0, 0  # cursor: next token of the row; pos: its position
+        for t_ids, h, w in runs:
+            start = cursor + int(is_vis[cursor:].long().argmax())  # first pad of this run
+            n = len(t_ids) * h * w
+            run = ids[start:start + n]
+            if not is_vis[cursor:].any() or len(run) < n or not (run == pad_id(config, visual)).all():
+                raise ValueError(f"row {b}: expected {len(runs)} run(s) of {n} {visual['kind']} pad "
+                                 f"tokens, found {int(is_vis.sum())} pads")
+            pieces.append(torch.arange(start - cursor).expand(3, -1) + pos)  # text before the run
+            grid = torch.meshgrid(t_ids, torch.arange(h), torch.arange(w), indexing="ij")
+            vis = torch.stack(grid).reshape(3, -1) + pos + start - cursor  # [3, n]
+            pieces.append(vis)
+            pos, cursor = int(vis.max()) + 1, start + n
+        if is_vis[cursor:].any():
+            raise ValueError(f"row {b}: {int(is_vis.sum())} visual pad tokens, more than its visual has")
+        pieces.append(torch.arange(len(ids) - cursor).expand(3, -1) + pos)  # text after
+        positions[:, b, mask] = torch.cat(pieces, dim=1)
+    return positions.to(input_ids.device)
+
+
+def pad_id(config, visual):
+    """The pad token id of a visual's kind."""
+    return config.image_token_id if visual["kind"] == "image" else config.video_token_id
+
+
+def continue_positions(positions, steps):
+    """Positions [3, B, steps] of the tokens that follow a prompt: max prompt position + 1, + 2, ...
+    on all three axes (generated text is text). positions: [3, B, L] from rope_positions."""
+    start = positions.amax(dim=(0, 2)) + 1  # [B]
+    return (start[:, None] + torch.arange(steps, device=positions.device)).expand(3, -1, -1)  # [3, B, steps]

@@ -3,7 +3,7 @@ model.py: everything the stage scripts need from Qwen2.5-VL or Qwen3-VL, as flat
 
     load_model(path)                       -> (model, tokenizer); a LoRA checkpoint is merged on load
     add_lora(model, rank, alpha, ...)      -> PeftModel: LoRA adapters in place, base frozen (optional peft)
-    rope_positions(ids, mask, visuals, cfg) M-RoPE position ids [3, B, L] of a left-padded batch
+    rope_positions(ids, mask, visuals, cfg) M-RoPE position ids [3, B, L] of a left-padded batch (families.py)
     generate(model, batch, n, ...)         n sampled completions per prompt; finished rows leave the batch
     token_logprobs(model, batch, ...)      [R, T] log-probs of completion tokens (policy, reference, SFT)
 
@@ -30,6 +30,7 @@ from transformers import AutoConfig, AutoTokenizer, DynamicCache, PreTrainedMode
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 import families
+from families import continue_positions, rope_positions  # M-RoPE positions live beside the families
 
 def load_model(path, dtype=torch.float32, device="cpu", attn_implementation=None):
     """Load a Qwen2.5-VL or Qwen3-VL checkpoint (the family from config.model_type) and its tokenizer
@@ -109,69 +110,6 @@ def save_merged(path, out_dir):
 def stop_token_ids(tokenizer):
     """Ids that end a completion: <|im_end|> (end of turn) and <|endoftext|>."""
     return [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
-
-
-def rope_positions(input_ids, attention_mask, visuals, config):
-    """M-RoPE position ids [3, B, L] (temporal, height, width axes) of a left-padded batch.
-
-    Text tokens count up by one on all three axes. A visual is one or more runs of pad tokens
-    (families.visual_runs: Qwen3-VL puts each temporal patch of a video in a run of its own); a run
-    starting at position s gets, per merged token at (temporal patch i, row y, column x): temporal
-    s + t_ids[i] (0 for images and Qwen3-VL; Qwen2.5-VL videos int(i * tokens_per_second * spg)),
-    height s + y, width s + x. The text after a run resumes at the largest position so far + 1
-    (Qwen2.5-VL's rule; transformers 5.23's Qwen2.5-VL get_rope_index instead resumes at
-    s + max(rows, cols), which differs for videos whose temporal ids outrun their height/width; for
-    Qwen3-VL the two rules agree). Pads get 0 (they are masked). `visuals[b]` is row b's visual or None.
-
-    Example: image with grid_thw (1, 4, 6), i.e. 2x3 merged tokens I, one left pad:
-        tokens    pad  sys <vs>  I  I  I  I  I  I <ve> txt
-        temporal   0    0    1   2  2  2  2  2  2   5   6
-        height     0    0    1   2  2  2  3  3  3   5   6
-        width      0    0    1   2  3  4  2  3  4   5   6
-    """
-    family = families.of(config)
-    tokens_per_second = getattr(config.vision_config, "tokens_per_second", None)
-    positions = torch.zeros(3, *input_ids.shape, dtype=torch.long)  # [3, B, L]
-    for b, (ids, mask, visual) in enumerate(zip(input_ids.cpu(), attention_mask.cpu().bool(), visuals)):
-        ids = ids[mask]  # [n] the row without its left padding
-        is_vis = (ids == config.image_token_id) | (ids == config.video_token_id)  # [n]
-        runs = []
-        if visual is not None:
-            if visual["family"] != family.name:
-                raise ValueError(f"row {b}: a {visual['family']} visual for a {family.name} model")
-            runs = families.visual_runs(family, visual, tokens_per_second)
-        elif is_vis.any():
-            raise ValueError(f"row {b}: visual pad tokens but no visual")
-        pieces, pos, cursor = [], 0, 0  # cursor: next token of the row; pos: its position
-        for t_ids, h, w in runs:
-            start = cursor + int(is_vis[cursor:].long().argmax())  # first pad of this run
-            n = len(t_ids) * h * w
-            run = ids[start:start + n]
-            if not is_vis[cursor:].any() or len(run) < n or not (run == pad_id(config, visual)).all():
-                raise ValueError(f"row {b}: expected {len(runs)} run(s) of {n} {visual['kind']} pad "
-                                 f"tokens, found {int(is_vis.sum())} pads")
-            pieces.append(torch.arange(start - cursor).expand(3, -1) + pos)  # text before the run
-            grid = torch.meshgrid(t_ids, torch.arange(h), torch.arange(w), indexing="ij")
-            vis = torch.stack(grid).reshape(3, -1) + pos + start - cursor  # [3, n]
-            pieces.append(vis)
-            pos, cursor = int(vis.max()) + 1, start + n
-        if is_vis[cursor:].any():
-            raise ValueError(f"row {b}: {int(is_vis.sum())} visual pad tokens, more than its visual has")
-        pieces.append(torch.arange(len(ids) - cursor).expand(3, -1) + pos)  # text after
-        positions[:, b, mask] = torch.cat(pieces, dim=1)
-    return positions.to(input_ids.device)
-
-
-def pad_id(config, visual):
-    """The pad token id of a visual's kind."""
-    return config.image_token_id if visual["kind"] == "image" else config.video_token_id
-
-
-def continue_positions(positions, steps):
-    """Positions [3, B, steps] of the tokens that follow a prompt: max prompt position + 1, + 2, ...
-    on all three axes (generated text is text). positions: [3, B, L] from rope_positions."""
-    start = positions.amax(dim=(0, 2)) + 1  # [B]
-    return (start[:, None] + torch.arange(steps, device=positions.device)).expand(3, -1, -1)  # [3, B, steps]
 
 
 def embed_prompts(hf, input_ids, visuals):
