@@ -333,7 +333,8 @@ MEDIA_KEYS = ("max_frames", "fps", "video_min_pixels", "video_max_pixels", "imag
 
 def media_settings(config, family=QWEN2_5_VL):
     """load_frames' keywords out of a script's config and the model's family:
-    data.load_frames(row, **media_settings(config, family))."""
+    data.load_frames(row, **media_settings(config, family)). A media dict without "family" means
+    Qwen2.5-VL, load_frames' default: make_visual(frames, time, media.get("family", QWEN2_5_VL))."""
     return {**{k: config[k] for k in MEDIA_KEYS}, "family": family}
 
 

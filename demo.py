@@ -7,6 +7,7 @@ ordered and shuffled frames, before and after RL.
 
 Each stage is an ordinary script with its demo config, so any of them can be re-run alone:
     python demo.py assets                           # only the world, the tiny model and its warm-up
+    python demo.py --family=qwen3_vl                # the same on a tiny Qwen3-VL (config/*_qwen3vl.py)
     python sft.py config/sft_demo.py
     python tgrpo.py config/tgrpo_demo.py            # + config/tgrpo_grpo.py: plain GRPO
     python eval.py config/eval_demo.py --model_path=out/tgrpo_demo --shuffle=True
@@ -27,6 +28,12 @@ DEMO_MODEL = "demo/tiny-qwen2.5-vl"        # random-weight Qwen2.5-VL with a sma
 DEMO_PRETRAINED = "demo/tiny-qwen2.5-vl-warm"  # DEMO_MODEL after the perception warm-up: the demo's "Instruct"
 SFT_DEMO = "out/sft_demo"                  # where sft.py's demo writes; tgrpo.py's demo starts here
 TGRPO_DEMO = "out/tgrpo_demo"
+# The same demo on a tiny Qwen3-VL: its own checkpoints and outputs, each stage's demo config followed
+# by the overlay config/<stage>_demo_qwen3vl.py (128x128 frames, the paths below).
+QWEN3_DEMO = {"model": "demo/tiny-qwen3-vl", "warm": "demo/tiny-qwen3-vl-warm", "sft": "out/sft_demo_qwen3vl",
+              "tgrpo": "out/tgrpo_demo_qwen3vl", "eval": "out/eval_{}_demo_qwen3vl"}
+QWEN25_DEMO = {"model": DEMO_MODEL, "warm": DEMO_PRETRAINED, "sft": SFT_DEMO, "tgrpo": TGRPO_DEMO,
+               "eval": "out/eval_{}_demo"}
 
 
 # Qwen2.5's added tokens, in their real id order (151643...). The first 14 are special tokens (skipped
@@ -159,17 +166,28 @@ def tiny_qwen3_vl_config(ids, vocab_size, hidden_size, num_layers, vision_hidden
         tie_word_embeddings=False)
 
 
-def ensure_demo_assets(warm=True):
-    """Build what is missing of the demo's assets: the world, the tiny checkpoint and (warm) its perception
-    warm-up. The stage scripts never build anything: pointed at a missing folder they say to run this."""
+def ensure_demo_assets(warm=True, model_type="qwen2_5_vl"):
+    """Build what is missing of the demo's assets: the world, the tiny checkpoint of the family and (warm)
+    its perception warm-up. The stage scripts never build anything: pointed at a missing folder they say
+    to run this."""
+    paths, overlay = demo_paths(model_type)
     if not os.path.isfile(os.path.join(DEMO_WORLD, "rl.json")):
         _atomic_build(DEMO_WORLD, lambda tmp: demo_world.make_demo_world(tmp))
-    if not os.path.isfile(os.path.join(DEMO_MODEL, "config.json")):
+    if not os.path.isfile(os.path.join(paths["model"], "config.json")):
         texts = demo_world.demo_texts(DEMO_WORLD)
-        _atomic_build(DEMO_MODEL, lambda tmp: make_tiny_checkpoint(tmp, texts))
-    if warm and not os.path.isdir(DEMO_PRETRAINED):
-        print(f"building {DEMO_PRETRAINED}: the perception warm-up of {DEMO_MODEL}, a few minutes", flush=True)
-        _atomic_build(DEMO_PRETRAINED, lambda tmp: run("sft.py", "config/warmup_demo.py", f"--out_dir={tmp}"))
+        _atomic_build(paths["model"], lambda tmp: make_tiny_checkpoint(tmp, texts, model_type=model_type))
+    if warm and not os.path.isdir(paths["warm"]):
+        print(f"building {paths['warm']}: the perception warm-up of {paths['model']}, a few minutes", flush=True)
+        _atomic_build(paths["warm"], lambda tmp: run("sft.py", "config/warmup_demo.py", *overlay("warmup"),
+                                                     f"--out_dir={tmp}"))
+
+
+def demo_paths(model_type):
+    """(the family's demo paths, stage -> its overlay config files after the stage's demo config)."""
+    if model_type == "qwen3_vl":
+        return QWEN3_DEMO, lambda stage: [f"config/{stage}_demo_qwen3vl.py"]
+    families.of(model_type)  # an unknown family fails here
+    return QWEN25_DEMO, lambda stage: []
 
 
 def _atomic_build(path, build):
@@ -273,26 +291,31 @@ def text_curve(metrics_path, key="reward", bins=10):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] not in ([], ["assets"]):
-        sys.exit("usage: python demo.py [assets]   (assets: only build the world and the tiny models)")
-    ensure_demo_assets()
-    print(f"demo world in {DEMO_WORLD}, tiny checkpoint in {DEMO_MODEL}, warmed up in {DEMO_PRETRAINED}")
-    if sys.argv[1:] == ["assets"]:
+    args = [a for a in sys.argv[1:] if not a.startswith("--family=")]
+    model_type = ([a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--family=")] or ["qwen2_5_vl"])[-1]
+    if args not in ([], ["assets"]):
+        sys.exit("usage: python demo.py [assets] [--family=qwen3_vl]   (assets: only build the world and the "
+                 "tiny models)")
+    ensure_demo_assets(model_type=model_type)
+    paths, overlay = demo_paths(model_type)
+    print(f"demo world in {DEMO_WORLD}, tiny checkpoint in {paths['model']}, warmed up in {paths['warm']}")
+    if args == ["assets"]:
         sys.exit(0)
-    for d in (SFT_DEMO, TGRPO_DEMO, "out/eval_sft_demo", "out/eval_tgrpo_demo"):
+    evals = {"SFT": paths["eval"].format("sft"), "SFT + T-GRPO": paths["eval"].format("tgrpo")}
+    for d in (paths["sft"], paths["tgrpo"], *evals.values()):
         shutil.rmtree(d, ignore_errors=True)  # a fresh start: old checkpoints or answers would be reused
-    run("sft.py", "config/sft_demo.py")
-    run("tgrpo.py", "config/tgrpo_demo.py")
-    evals = {"SFT": "out/eval_sft_demo", "SFT + T-GRPO": "out/eval_tgrpo_demo"}
-    for (name, out), model in zip(evals.items(), (SFT_DEMO, TGRPO_DEMO)):
-        run("eval.py", "config/eval_demo.py", f"--model_path={model}", "--shuffle=True", f"--out_dir={out}")
+    run("sft.py", "config/sft_demo.py", *overlay("sft"))
+    run("tgrpo.py", "config/tgrpo_demo.py", *overlay("tgrpo"))
+    for (name, out), model in zip(evals.items(), (paths["sft"], paths["tgrpo"])):
+        run("eval.py", "config/eval_demo.py", *overlay("eval"), f"--model_path={model}", "--shuffle=True",
+            f"--out_dir={out}")
     scores = {"chance (blind guess)": score_records(chance_records())}
     scores.update({name: score_records(read_answers(out)) for name, out in evals.items()})
     n_eval = len(read_answers(evals["SFT"]))
     print(f"\nAccuracy in % on eval_demo.json ({n_eval} answers to held-out questions; o/s = ordered/shuffled "
           f"frames; gap = ordered - shuffled):\n")
     print(results_table(scores))
-    metrics = os.path.join(TGRPO_DEMO, "metrics.jsonl")
+    metrics = os.path.join(paths["tgrpo"], "metrics.jsonl")
     print(f"\nT-GRPO training, mean per tenth of the run:\n  reward   {text_curve(metrics)}\n"
           f"  accuracy {text_curve(metrics, 'reward_accuracy')}\n"
-          f"Curves as a picture: python plot.py {TGRPO_DEMO} (needs matplotlib)")
+          f"Curves as a picture: python plot.py {paths['tgrpo']} (needs matplotlib)")

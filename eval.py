@@ -311,6 +311,7 @@ def batch_inputs(batch_jobs, frames_of):
     """1. Records, prompts and visuals of a batch of jobs; a row whose media fails to load becomes
     an error record, alone. Runs on the prefetch thread while the model answers the batch before."""
     records, prompts, visuals = [], [], []
+    family = frames_of.media.get("family", data.QWEN2_5_VL)
     for name, i, row, shuffled in batch_jobs:
         rec = {"benchmark": name, "problem_id": row["problem_id"], "shuffled": shuffled,
                "problem_type": row["problem_type"], "data_source": row.get("data_source", ""),
@@ -327,7 +328,7 @@ def batch_inputs(batch_jobs, frames_of):
             frames, spt = data.shuffle_video(frames, spt, gen, shuffle_level,
                                              shuffle_timestamps)  # [T, 3, H, W]
         prompts.append(data.prompt_text(row, template=template))
-        visuals.append(data.make_visual(frames, spt, frames_of.media["family"]))
+        visuals.append(data.make_visual(frames, spt, family))
         rec.update(status="ok", load_s=time.time() - t0)
     return records, prompts, visuals
 

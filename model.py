@@ -43,6 +43,8 @@ def load_model(path, dtype=torch.float32, device="cpu", attn_implementation=None
     merged: the result is a plain model, whatever the chain of stages that made it.
     """
     path = str(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    refuse_thinking(tokenizer, path)  # before the weights: an 8B load takes a while
     if os.path.isfile(os.path.join(path, "adapter_config.json")):
         from peft import PeftModel
         with open(os.path.join(path, "adapter_config.json")) as f:
@@ -65,11 +67,23 @@ def load_model(path, dtype=torch.float32, device="cpu", attn_implementation=None
             raise ValueError(f"{path}: the weights do not load into {family.model_class.__name__}: "
                              f"{bad} {info.get('error_msgs') or ''}")
         model = model.to(device)
-    tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     if model.generation_config.pad_token_id is None:  # generate() pads finished rows with it
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def refuse_thinking(tokenizer, path):
+    """Refuse a Thinking checkpoint (Qwen3-VL-*-Thinking): its chat template ends the prompt with
+    "<think>\n", so its completions start inside the think block, while data.prompt_text, the SFT
+    targets and the format reward expect the completion to open it (the Instruct models' format)."""
+    if tokenizer.chat_template is None:
+        return
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "?"}], tokenize=False,
+                                           add_generation_prompt=True)
+    if prompt.endswith("<think>\n"):
+        raise ValueError(f"{path} is a Thinking checkpoint (its prompt ends with '<think>\\n'); this "
+                         f"project trains Instruct checkpoints, whose completions open <think> themselves")
 
 
 def add_lora(hf, rank, alpha, dropout=0.0, target=("language",)):

@@ -103,7 +103,7 @@ def encode_row(row, tokenizer, media):
     data.MediaError when its media cannot be loaded. With train_prompt_tokens the question text
     after the vision block moves into the target."""
     frames, spt = data.load_frames(row, **media)                        # [T, 3, H, W]
-    visual = data.make_visual(frames, spt, media["family"])
+    visual = data.make_visual(frames, spt, media.get("family", data.QWEN2_5_VL))
     answer = data.sft_target(row) if target_format == "cot" else extract_answer(row["solution"])
     prompt, target = data.prompt_text(row, template=question_template), answer + "<|im_end|>"
     if train_prompt_tokens:
@@ -193,7 +193,8 @@ def show_samples(hf, tokenizer, rows, media, metrics_log):
     loaded = []
     for r in rows:
         try:
-            loaded.append((r, data.make_visual(*data.load_frames(r, **media), media["family"])))
+            frames, spt = data.load_frames(r, **media)
+            loaded.append((r, data.make_visual(frames, spt, media.get("family", data.QWEN2_5_VL))))
         except data.MediaError:
             continue
     rows, visuals = [r for r, _ in loaded], [v for _, v in loaded]

@@ -254,3 +254,19 @@ def test_lora_targets_cover_the_qwen3vl_layers(loaded3):
     assert all(re.fullmatch(QWEN3_VL.lora_targets["vision"], n) for n in vision)
     language = [n for n in names if n.startswith("model.language_model.")]
     assert all(re.fullmatch(QWEN3_VL.lora_targets["language"], n) for n in language)
+
+
+def test_thinking_checkpoints_are_refused(ckpt3, tmp_path):
+    """Qwen3-VL-Thinking's template opens the think block in the prompt: refused, with the reason."""
+    from demo import QWEN3_CHAT_TEMPLATE
+    tokenizer = AutoTokenizer.from_pretrained(ckpt3)
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE.replace("<|im_start|>assistant\n{% endif %}",
+                                                          "<|im_start|>assistant\n<think>\n{% endif %}")
+    assert tokenizer.chat_template != QWEN3_CHAT_TEMPLATE
+    thinking = tmp_path / "thinking"
+    tokenizer.save_pretrained(thinking)
+    for f in ("config.json", "generation_config.json", "model.safetensors"):
+        (thinking / f).write_bytes((ckpt3 / f).read_bytes())
+    with pytest.raises(ValueError, match="is a Thinking checkpoint"):
+        load_model(thinking)
+    load_model(ckpt3)  # the Instruct template of the same checkpoint loads

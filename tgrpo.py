@@ -234,7 +234,7 @@ def encode(row, tokenizer, media):
     it is over max_prompt_length. Raises data.MediaError when its media cannot be loaded."""
     frames, spt = data.load_frames(row, **media)                        # [T, 3, H, W]
     text = data.prompt_text(row, template=question_template)
-    visual = data.make_visual(frames, spt, media["family"])
+    visual = data.make_visual(frames, spt, media.get("family", data.QWEN2_5_VL))
     n_visual = int(visual["grid_thw"].prod()) // data.MERGE_SIZE ** 2
     fits = len(tokenizer(text).input_ids) - 1 + n_visual <= max_prompt_length
     return (frames, spt, text, visual) if fits else None
@@ -255,6 +255,7 @@ def step_inputs(step, rows, tokenizer, media, rank, world):
     used, encoded, counts = common.encode_rows(step_rows(rows, step, world, rank), rows,
                                                lambda row: encode(row, tokenizer, media), gen)
     prompts, visuals, n, groups = [], [], [], []
+    family = media.get("family", data.QWEN2_5_VL)
     for row, (frames, spt, text, visual) in zip(used, encoded):
         groups.append({"row": row, "ordered": len(prompts), "shuffled": None})
         prompts.append(text), visuals.append(visual), n.append(G)
@@ -262,7 +263,7 @@ def step_inputs(step, rows, tokenizer, media, rank, world):
             shuffled, time = data.shuffle_video(frames, spt, gen, shuffle_level,
                                                 shuffle_timestamps)  # [T, 3, H, W]
             groups[-1]["shuffled"] = len(prompts)
-            prompts.append(text), visuals.append(data.make_visual(shuffled, time, media["family"]))
+            prompts.append(text), visuals.append(data.make_visual(shuffled, time, family))
             n.append(G_shuffled)
     batch = data.collate(prompts, visuals, tokenizer)
     return {"groups": groups, "batch": batch, "n": n, "counts": counts}
