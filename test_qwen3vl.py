@@ -270,3 +270,48 @@ def test_thinking_checkpoints_are_refused(ckpt3, tmp_path):
     with pytest.raises(ValueError, match="is a Thinking checkpoint"):
         load_model(thinking)
     load_model(ckpt3)  # the Instruct template of the same checkpoint loads
+
+
+@pytest.mark.slow
+def test_qwen3vl_8b_widths_match_hf(ckpt3):
+    """Qwen3-VL-8B-Instruct's widths (text 4096 wide, 32 query heads and 8 KV heads of 128, MLP 12288,
+    rope_theta 5e6, interleaved mrope_section [24, 20, 20]; vision 1152 wide, 16 heads, MLP 4304, out
+    4096, 2304 position embeddings), random weights, 3 vision blocks each feeding DeepStack and 4
+    language layers (3 with DeepStack, as the real model's first 3); the tiny tokenizer's vocabulary.
+    Positions = get_rope_index and log-probs = HF's forward, as on the tiny model."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    tokenizer = AutoTokenizer.from_pretrained(ckpt3)
+    tiny = json.loads((ckpt3 / "config.json").read_text())
+    ids = {k: tiny[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                                "vision_end_token_id")}
+    config = Qwen3VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=4096, intermediate_size=12288,
+                         num_hidden_layers=4, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                         rope_parameters=dict(rope_type="default", rope_theta=5e6, mrope_section=[24, 20, 20],
+                                              mrope_interleaved=True), rms_norm_eps=1e-6),
+        vision_config=dict(depth=3, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096,
+                           patch_size=16, temporal_patch_size=2, spatial_merge_size=2,
+                           num_position_embeddings=2304, deepstack_visual_indexes=[0, 1, 2]),
+        tie_word_embeddings=False, **ids)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = Qwen3VLForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    batch = mixed_batch3(tokenizer)
+    inputs = hf_inputs(batch["input_ids"], batch["visuals"], model.config)
+    theirs, _ = model.model.get_rope_index(batch["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"],
+                                           inputs["video_grid_thw"], batch["attention_mask"])
+    ours = rope_positions(batch["input_ids"], batch["attention_mask"], batch["visuals"], model.config)
+    assert torch.equal(ours, theirs)
+    prompt_index, completion_ids, lengths = random_completions(tokenizer, [2, 1, 1, 2], T=4, seed=0)
+    with torch.no_grad():
+        ref, _ = hf_completion_logprobs(model, batch, prompt_index, completion_ids, lengths)
+        logp = token_logprobs(model, batch, prompt_index, completion_ids, lengths)
+        out = generate(model, batch, n=1, max_new_tokens=3, temperature=0,
+                       stop_ids=stop_token_ids(tokenizer))
+    torch.testing.assert_close(logp, ref, atol=1e-5, rtol=0)
+    model.model.rope_deltas = None
+    hf_out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **inputs,
+                            do_sample=False, max_new_tokens=3, eos_token_id=stop_token_ids(tokenizer),
+                            pad_token_id=tokenizer.pad_token_id)
+    assert torch.equal(out["completion_ids"], hf_out[:, batch["input_ids"].shape[1]:])
