@@ -5,10 +5,11 @@
     visual = make_visual(frames, spg)                        # pixel_values [N,1176], grid_thw (t,h,w)
     batch = collate([prompt_text(rows[0])], [visual], tok)   # left-padded ids with the pad token expanded
 
-Vision follows the model family's conventions (families.py; Qwen2.5-VL's are SPEC 1.3): sides are multiples
-of 28 (Qwen3-VL: 32), 14x14 (16x16) patches, two frames per temporal patch, 2x2 patches merged into one LLM
-token, so a visual costs t*h*w/4 tokens. Every function that depends on the family takes `family`
-(default Qwen2.5-VL); a visual dict records its family's name, and the model checks it.
+Vision follows the model family's conventions (families.py; Qwen2.5-VL's are SPEC 1.3): sides are
+multiples of 28 (Qwen3-VL: 32), 14x14 (16x16) patches, two frames per temporal patch, 2x2 patches
+merged into one LLM token, so a visual costs t*h*w/4 tokens. Every function that depends on the
+family takes `family` (default Qwen2.5-VL); a visual dict records its family's name, and the model
+checks it.
 Resizing is bicubic with antialiasing on uint8 pixels, as in qwen-vl-utils (which the release used): images
 with PIL (bit-exact with the Hugging Face PIL image processor), videos with torch (what torchvision runs; fast,
 within one grey level of PIL).
@@ -204,9 +205,9 @@ def load_video(path, max_frames=16, fps=2.0, min_pixels=VIDEO_MIN_PIXELS, max_pi
                family=QWEN2_5_VL):
     """Decode the frames picked by video_frame_indices -> (frames [T,3,H,W] in [0,1], time).
 
-    time, in the family's form: Qwen2.5-VL second_per_grid_t = seconds covered by one 2-frame patch (a 4 s
-    clip sampled at 8 frames -> 2/(8/4) = 1.0); Qwen3-VL the list of each sampled frame's time in seconds,
-    frame index / the video's fps (the processor's rule; its timestamps are made from these).
+    time, in the family's form: Qwen2.5-VL second_per_grid_t = seconds covered by one 2-frame patch
+    (a 4 s clip sampled at 8 frames -> 2/(8/4) = 1.0); Qwen3-VL the list of each sampled frame's
+    time in seconds, frame index / the video's fps (the processor's rule; timestamps come from it).
     A max_pixels below min_pixels wins: load_video(p, max_pixels=56*56) gives 56x56 frames, not upscaled ones.
     Raises MediaError for a missing, empty, damaged or too short file.
     """
@@ -254,9 +255,10 @@ def load_image(path, min_pixels=4 * 28 * 28, max_pixels=256 * 28 * 28, family=QW
 
 
 def patchify(frames, family=QWEN2_5_VL):
-    """frames [T,3,H,W] in [0,1] -> (pixel_values [t*h*w, 3*2*p*p], grid_thw LongTensor [3] = (t, h, w)).
+    """frames [T,3,H,W] in [0,1] -> (pixel_values [t*h*w, 3*2*p*p], grid_thw LongTensor (t, h, w)).
 
-    Normalises with the family's statistics (p = its patch size: 14, Qwen3-VL 16), then orders patches as the HF Qwen2-VL processor: temporal patch, then 2x2 merge windows
+    Normalises with the family's statistics (p = its patch size: 14, Qwen3-VL 16), then orders
+    patches as the HF Qwen2-VL processor: temporal patch, then 2x2 merge windows
     row-major, then the 4 patches inside a window. An 8x3x56x56 video -> grid (4,4,4), 64 patches, 16 tokens.
     An odd T repeats the last frame (a single image becomes two identical frames).
     """
@@ -294,10 +296,10 @@ def shuffle_video(frames, time, generator, level="frame", timestamps="keep"):
 
     Qwen2.5-VL's time (seconds per patch) is the same for every patch: nothing to move. Qwen3-VL's
     time is one number per frame, from which each temporal patch's text timestamp is made:
-    timestamps="keep" leaves them in order (the prompt differs from the ordered one only in its visual
-    features, as on Qwen2.5-VL); "follow" moves each frame's time with the frame, so a patch's
-    timestamp becomes the mean of its two frames' original times (after a frame-level shuffle two
-    unrelated frames: frames 7 and 2 at 2 fps -> "<2.2 seconds>", a time neither frame had).
+    timestamps="keep" leaves them in order (the prompt differs from the ordered one only in its
+    visual features, as on Qwen2.5-VL); "follow" moves each frame's time with the frame, so a
+    patch's timestamp becomes the mean of its two frames' original times (after a frame-level
+    shuffle two unrelated frames: frames 7 and 2 at 2 fps -> "<2.2 seconds>", a time neither had).
     """
     if timestamps not in ("keep", "follow"):
         raise ValueError(f"shuffle_timestamps must be 'keep' or 'follow', got {timestamps!r}")
@@ -308,7 +310,7 @@ def shuffle_video(frames, time, generator, level="frame", timestamps="keep"):
 
 
 def shuffle_order(T, generator, level="frame"):
-    """The frame order [T] shuffle_frames applies (what a caller needs to move frame times along)."""
+    """The frame order [T] shuffle_frames applies (what a caller needs to move frame times too)."""
     unit = {"frame": 1, "patch": TEMPORAL_PATCH_SIZE}[level]
     if T % unit:
         raise ValueError(f"patch-level shuffle needs an even number of frames, got {T}")
@@ -321,7 +323,7 @@ def shuffle_order(T, generator, level="frame"):
 
 def load_frames(row, max_frames=16, fps=2.0, video_min_pixels=VIDEO_MIN_PIXELS, video_max_pixels=128 * 28 * 28,
                 image_min_pixels=4 * 28 * 28, image_max_pixels=256 * 28 * 28, family=QWEN2_5_VL):
-    """Frames of a loaded row -> (frames [T,3,H,W], the video's time (load_video) or None for images).
+    """Frames of a loaded row -> (frames [T,3,H,W], the video's time (load_video), None for images).
     Raises MediaError (naming the file) when the media cannot be used."""
     if row["data_type"] == "video":
         return load_video(row["media"], max_frames, fps, video_min_pixels, video_max_pixels, family)
@@ -339,7 +341,8 @@ def media_settings(config, family=QWEN2_5_VL):
 
 
 def make_visual(frames, time, family=QWEN2_5_VL):
-    """The visual dict the model consumes; kind is "image" when time is None, else time is load_video's.
+    """The visual dict the model consumes; kind is "image" when time is None, else time is
+    load_video's.
     Qwen3-VL videos get "timestamps": one per temporal patch (families.patch_timestamps)."""
     pixel_values, grid_thw = patchify(frames, family)
     visual = {"kind": "image" if time is None else "video", "family": family.name,
@@ -354,9 +357,9 @@ def make_visual(frames, time, family=QWEN2_5_VL):
 def collate(prompts, visuals, tokenizer):
     """Tokenise prompts, expand each vision pad to grid_thw.prod() // 4 copies, left-pad into a batch.
 
-    A video of grid (4,4,4) turns its one <|video_pad|> into 16 (Qwen3-VL: into 4 timestamped groups of
-    4, families.video_text). Left padding keeps every prompt's last token in the last column, where
-    generation continues.
+    A video of grid (4,4,4) turns its one <|video_pad|> into 16 (Qwen3-VL: into 4 timestamped groups
+    of 4, families.video_text). Left padding keeps every prompt's last token in the last column,
+    where generation continues.
     -> {"input_ids": [B,L], "attention_mask": [B,L], "visuals": visuals}
     """
     pad_ids = {kind: tokenizer.convert_tokens_to_ids(tok) for kind, tok in VISION_PAD.items()}
@@ -370,7 +373,9 @@ def collate(prompts, visuals, tokenizer):
         if counts != want:
             raise ValueError(f"prompt {b}: expected placeholders {want} for a {visual and visual['kind']} input, "
                              f"found {counts}")
-        if visual is not None and visual["kind"] == "video" and families.of(visual["family"]).timestamps:
+        timestamped = visual is not None and visual["kind"] == "video" and \
+            families.of(visual["family"]).timestamps
+        if timestamped:
             ids = tokenizer.encode(expand_video(prompt, visual, b), add_special_tokens=False)
         elif visual is not None:
             i = ids.index(pad_ids[visual["kind"]])
@@ -387,7 +392,8 @@ def collate(prompts, visuals, tokenizer):
 
 
 def expand_video(prompt, visual, b):
-    """The prompt with its "<|vision_start|><|video_pad|><|vision_end|>" replaced by families.video_text."""
+    """The prompt with its "<|vision_start|><|video_pad|><|vision_end|>" replaced by
+    families.video_text."""
     placeholder = "<|vision_start|>" + VISION_PAD["video"] + "<|vision_end|>"
     if prompt.count(placeholder) != 1:
         raise ValueError(f"prompt {b}: expected one {placeholder!r}")

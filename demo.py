@@ -7,7 +7,7 @@ ordered and shuffled frames, before and after RL.
 
 Each stage is an ordinary script with its demo config, so any of them can be re-run alone:
     python demo.py assets                           # only the world, the tiny model and its warm-up
-    python demo.py --family=qwen3_vl                # the same on a tiny Qwen3-VL (config/*_qwen3vl.py)
+    python demo.py --family=qwen3_vl                # all on a tiny Qwen3-VL (config/*_qwen3vl.py)
     python sft.py config/sft_demo.py
     python tgrpo.py config/tgrpo_demo.py            # + config/tgrpo_grpo.py: plain GRPO
     python eval.py config/eval_demo.py --model_path=out/tgrpo_demo --shuffle=True
@@ -28,10 +28,11 @@ DEMO_MODEL = "demo/tiny-qwen2.5-vl"        # random-weight Qwen2.5-VL with a sma
 DEMO_PRETRAINED = "demo/tiny-qwen2.5-vl-warm"  # DEMO_MODEL after the perception warm-up: the demo's "Instruct"
 SFT_DEMO = "out/sft_demo"                  # where sft.py's demo writes; tgrpo.py's demo starts here
 TGRPO_DEMO = "out/tgrpo_demo"
-# The same demo on a tiny Qwen3-VL: its own checkpoints and outputs, each stage's demo config followed
-# by the overlay config/<stage>_demo_qwen3vl.py (128x128 frames, the paths below).
-QWEN3_DEMO = {"model": "demo/tiny-qwen3-vl", "warm": "demo/tiny-qwen3-vl-warm", "sft": "out/sft_demo_qwen3vl",
-              "tgrpo": "out/tgrpo_demo_qwen3vl", "eval": "out/eval_{}_demo_qwen3vl"}
+# The same demo on a tiny Qwen3-VL: its own checkpoints and outputs, each stage's demo config
+# followed by the overlay config/<stage>_demo_qwen3vl.py (128x128 frames, the paths below).
+QWEN3_DEMO = {"model": "demo/tiny-qwen3-vl", "warm": "demo/tiny-qwen3-vl-warm",
+              "sft": "out/sft_demo_qwen3vl", "tgrpo": "out/tgrpo_demo_qwen3vl",
+              "eval": "out/eval_{}_demo_qwen3vl"}
 QWEN25_DEMO = {"model": DEMO_MODEL, "warm": DEMO_PRETRAINED, "sft": SFT_DEMO, "tgrpo": TGRPO_DEMO,
                "eval": "out/eval_{}_demo"}
 
@@ -43,7 +44,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_s
                   "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
 ADDED_TOKENS = ["<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
                 "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
-QWEN3_ADDED_TOKENS = ["<tool_response>", "</tool_response>", "<think>", "</think>"]  # Qwen3 adds these
+QWEN3_ADDED_TOKENS = ["<tool_response>", "</tool_response>", "<think>", "</think>"]  # Qwen3's
 # Qwen2's pre-tokenizer split (words, single digits, punctuation runs, newlines, spaces).
 PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 # ChatML as Qwen2.5-VL renders it: default system turn, visuals before text inside a user turn.
@@ -61,12 +62,13 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 QWEN3_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(  # Qwen3-VL-Instruct renders no default system turn
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant."
-    "<|im_end|>\n{% endif %}", "")
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+    "You are a helpful assistant.<|im_end|>\n{% endif %}", "")
 
 
 def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64, num_layers=2,
-                         vision_hidden_size=64, vision_depth=2, rope_theta=10.0, model_type="qwen2_5_vl"):
+                         vision_hidden_size=64, vision_depth=2, rope_theta=10.0,
+                         model_type="qwen2_5_vl"):
     """Write a random-weight Qwen2.5-VL (model_type="qwen3_vl": Qwen3-VL, DeepStack included) and a
     byte-level BPE tokenizer with the family's special tokens, trained on `texts`, to `out_dir`.
 
@@ -113,24 +115,23 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
     # from right. rope_theta 10 gives every axis rotations of 0.13-1 rad per position.
     half = hidden_size // 4 // 2
     mrope_section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
-    if qwen3:
-        config = tiny_qwen3_vl_config(ids, len(tokenizer), hidden_size, num_layers, vision_hidden_size,
-                                      vision_depth, rope_theta)
-    else:
-        config = Qwen2_5_VLConfig(
-            text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                             num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-                             max_position_embeddings=32768, rms_norm_eps=1e-6,
-                             rope_parameters=dict(rope_type="default", rope_theta=rope_theta, mrope_section=mrope_section),
-                             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                             pad_token_id=ids["<|endoftext|>"]),
-            vision_config=dict(depth=vision_depth, hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size,
-                               num_heads=4, out_hidden_size=hidden_size, patch_size=14, temporal_patch_size=2,
-                               spatial_merge_size=2, window_size=112, fullatt_block_indexes=[vision_depth - 1],
-                               tokens_per_second=2),
-            image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-            vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-            tie_word_embeddings=False)
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=32768, rms_norm_eps=1e-6,
+                         rope_parameters=dict(rope_type="default", rope_theta=rope_theta, mrope_section=mrope_section),
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(depth=vision_depth, hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size,
+                           num_heads=4, out_hidden_size=hidden_size, patch_size=14, temporal_patch_size=2,
+                           spatial_merge_size=2, window_size=112, fullatt_block_indexes=[vision_depth - 1],
+                           tokens_per_second=2),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False)
+    if qwen3:  # Qwen3-VL at the same toy sizes instead
+        config = tiny_qwen3_vl_config(ids, len(tokenizer), hidden_size, num_layers,
+                                      vision_hidden_size, vision_depth, rope_theta)
     with torch.random.fork_rng():  # seeded init without disturbing the caller's RNG
         torch.manual_seed(seed)
         model = families.of(config).model_class(config)
@@ -142,48 +143,52 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
 
 def tiny_qwen3_vl_config(ids, vocab_size, hidden_size, num_layers, vision_hidden_size, vision_depth,
                          rope_theta):
-    """Qwen3-VL at toy sizes: head_dim 16, interleaved M-RoPE with Qwen3-VL's [24, 20, 20] split scaled
-    to 8 frequencies ([4, 2, 2]), DeepStack from every vision block into the first language layers
-    (one more language layer than levels, so a layer without DeepStack is exercised too)."""
+    """Qwen3-VL at toy sizes: head_dim 16, interleaved M-RoPE with Qwen3-VL's [24, 20, 20] split
+    scaled to 8 frequencies ([4, 2, 2]), DeepStack from every vision block into the first language
+    layers (one more language layer than levels, so a layer without DeepStack runs too)."""
     from transformers import Qwen3VLConfig
     half = 16 // 2
     spatial = half * 20 // 64
     return Qwen3VLConfig(
-        text_config=dict(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                         num_hidden_layers=num_layers + 1, num_attention_heads=4, num_key_value_heads=2,
-                         head_dim=16, max_position_embeddings=32768, rms_norm_eps=1e-6,
+        text_config=dict(vocab_size=vocab_size, hidden_size=hidden_size,
+                         intermediate_size=2 * hidden_size, num_hidden_layers=num_layers + 1,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         max_position_embeddings=32768, rms_norm_eps=1e-6,
                          rope_parameters=dict(rope_type="default", rope_theta=rope_theta,
                                               mrope_section=[half - 2 * spatial, spatial, spatial],
                                               mrope_interleaved=True),
                          bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                          pad_token_id=ids["<|endoftext|>"]),
         vision_config=dict(depth=vision_depth, hidden_size=vision_hidden_size,
-                           intermediate_size=2 * vision_hidden_size, num_heads=4, out_hidden_size=hidden_size,
-                           patch_size=16, temporal_patch_size=2, spatial_merge_size=2,
-                           num_position_embeddings=64, deepstack_visual_indexes=list(range(vision_depth))),
+                           intermediate_size=2 * vision_hidden_size, num_heads=4,
+                           out_hidden_size=hidden_size, patch_size=16, temporal_patch_size=2,
+                           spatial_merge_size=2, num_position_embeddings=64,
+                           deepstack_visual_indexes=list(range(vision_depth))),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False)
 
 
 def ensure_demo_assets(warm=True, model_type="qwen2_5_vl"):
-    """Build what is missing of the demo's assets: the world, the tiny checkpoint of the family and (warm)
-    its perception warm-up. The stage scripts never build anything: pointed at a missing folder they say
-    to run this."""
+    """Build what is missing of the demo's assets: the world, the family's tiny checkpoint and
+    (warm) its perception warm-up. The stage scripts never build anything: pointed at a missing
+    folder they say to run this."""
     paths, overlay = demo_paths(model_type)
     if not os.path.isfile(os.path.join(DEMO_WORLD, "rl.json")):
         _atomic_build(DEMO_WORLD, lambda tmp: demo_world.make_demo_world(tmp))
     if not os.path.isfile(os.path.join(paths["model"], "config.json")):
         texts = demo_world.demo_texts(DEMO_WORLD)
-        _atomic_build(paths["model"], lambda tmp: make_tiny_checkpoint(tmp, texts, model_type=model_type))
+        _atomic_build(paths["model"],
+                      lambda tmp: make_tiny_checkpoint(tmp, texts, model_type=model_type))
     if warm and not os.path.isdir(paths["warm"]):
-        print(f"building {paths['warm']}: the perception warm-up of {paths['model']}, a few minutes", flush=True)
-        _atomic_build(paths["warm"], lambda tmp: run("sft.py", "config/warmup_demo.py", *overlay("warmup"),
-                                                     f"--out_dir={tmp}"))
+        print(f"building {paths['warm']}: the perception warm-up of {paths['model']}, "
+              f"a few minutes", flush=True)
+        _atomic_build(paths["warm"], lambda tmp: run("sft.py", "config/warmup_demo.py",
+                                                     *overlay("warmup"), f"--out_dir={tmp}"))
 
 
 def demo_paths(model_type):
-    """(the family's demo paths, stage -> its overlay config files after the stage's demo config)."""
+    """(the family's demo paths, stage -> overlay config files to put after its demo config)."""
     if model_type == "qwen3_vl":
         return QWEN3_DEMO, lambda stage: [f"config/{stage}_demo_qwen3vl.py"]
     families.of(model_type)  # an unknown family fails here
@@ -292,13 +297,15 @@ def text_curve(metrics_path, key="reward", bins=10):
 
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--family=")]
-    model_type = ([a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--family=")] or ["qwen2_5_vl"])[-1]
+    model_type = ([a[len("--family="):] for a in sys.argv[1:] if a not in args]
+                  or ["qwen2_5_vl"])[-1]
     if args not in ([], ["assets"]):
-        sys.exit("usage: python demo.py [assets] [--family=qwen3_vl]   (assets: only build the world and the "
-                 "tiny models)")
+        sys.exit("usage: python demo.py [assets] [--family=qwen3_vl]   (assets: only build the "
+                 "world and the tiny models)")
     ensure_demo_assets(model_type=model_type)
     paths, overlay = demo_paths(model_type)
-    print(f"demo world in {DEMO_WORLD}, tiny checkpoint in {paths['model']}, warmed up in {paths['warm']}")
+    print(f"demo world in {DEMO_WORLD}, tiny checkpoint in {paths['model']}, "
+          f"warmed up in {paths['warm']}")
     if args == ["assets"]:
         sys.exit(0)
     evals = {"SFT": paths["eval"].format("sft"), "SFT + T-GRPO": paths["eval"].format("tgrpo")}
@@ -307,8 +314,8 @@ if __name__ == "__main__":
     run("sft.py", "config/sft_demo.py", *overlay("sft"))
     run("tgrpo.py", "config/tgrpo_demo.py", *overlay("tgrpo"))
     for (name, out), model in zip(evals.items(), (paths["sft"], paths["tgrpo"])):
-        run("eval.py", "config/eval_demo.py", *overlay("eval"), f"--model_path={model}", "--shuffle=True",
-            f"--out_dir={out}")
+        run("eval.py", "config/eval_demo.py", *overlay("eval"), f"--model_path={model}",
+            "--shuffle=True", f"--out_dir={out}")
     scores = {"chance (blind guess)": score_records(chance_records())}
     scores.update({name: score_records(read_answers(out)) for name, out in evals.items()})
     n_eval = len(read_answers(evals["SFT"]))

@@ -5,12 +5,12 @@
 
 Both families cut frames into 2-frame temporal patches and merge 2x2 patches into one LLM token, and
 place a visual's tokens on the M-RoPE axes (temporal, height, width) the same way. They differ in:
-- Qwen2.5-VL: 14-pixel patches (sides multiples of 28), CLIP normalisation, a video is ONE run of pad
-  tokens whose temporal position ids grow with time (second_per_grid_t * tokens_per_second).
-- Qwen3-VL: 16-pixel patches (sides multiples of 32), mean = std = 0.5, a video is one run per temporal
-  patch, each preceded by a text timestamp "<1.2 seconds>" and placed like an image (time is in the
-  text, not in the position ids); DeepStack: features of three vision levels are added to the hidden
-  states of the first language layers at the visual positions.
+- Qwen2.5-VL: 14-pixel patches (sides multiples of 28), CLIP normalisation, a video is ONE run of
+  pad tokens whose temporal position ids grow with time (second_per_grid_t * tokens_per_second).
+- Qwen3-VL: 16-pixel patches (sides multiples of 32), mean = std = 0.5, a video is one run per
+  temporal patch, each preceded by a text timestamp "<1.2 seconds>" and placed like an image (time
+  is in the text, not in the position ids); DeepStack: features of three vision levels are added
+  to the hidden states of the first language layers at the visual positions.
 A reader of one family can skip the other's block. The M-RoPE positions of a batch (rope_positions,
 used through model.py) are here too: one rule for both families, visual_runs being the difference.
 """
@@ -40,7 +40,8 @@ class Family:
         return self.patch_size * MERGE_SIZE
 
 
-LANGUAGE_LORA = r"model\.language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
+LANGUAGE_LORA = (r"model\.language_model\.layers\.\d+\."
+                 r"(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)")
 
 # Qwen2.5-VL: CLIP statistics; the vision MLP is gated like the language one.
 QWEN2_5_VL = Family(
@@ -48,8 +49,8 @@ QWEN2_5_VL = Family(
     image_mean=(0.48145466, 0.4578275, 0.40821073), image_std=(0.26862954, 0.26130258, 0.27577711),
     timestamps=False, deepstack=False,
     lora_targets={"language": LANGUAGE_LORA,
-                  "vision": r"model\.visual\.(blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate|up|down)_proj)"
-                            r"|merger\.mlp\.[02])"})
+                  "vision": r"model\.visual\.(blocks\.\d+\.(attn\.(qkv|proj)"
+                            r"|mlp\.(gate|up|down)_proj)|merger\.mlp\.[02])"})
 
 # Qwen3-VL: SigLIP-2 statistics (mean = std = 0.5); plain 2-layer vision MLPs, and one merger per
 # DeepStack level beside the final one.
@@ -65,10 +66,12 @@ FAMILIES = {f.name: f for f in (QWEN2_5_VL, QWEN3_VL)}
 
 
 def of(config):
-    """The Family of a Hugging Face config (or a model_type string); ValueError naming the supported ones."""
+    """The Family of a Hugging Face config (or a model_type string); an unknown one is a ValueError
+    naming the supported ones."""
     model_type = config if isinstance(config, str) else config.model_type
     if model_type not in FAMILIES:
-        raise ValueError(f"model_type {model_type!r} is not supported; supported: {sorted(FAMILIES)}")
+        raise ValueError(f"model_type {model_type!r} is not supported; "
+                         f"supported: {sorted(FAMILIES)}")
     return FAMILIES[model_type]
 
 
@@ -81,7 +84,8 @@ def patch_timestamps(frame_seconds):
     """
     s = list(frame_seconds)
     s += s[-1:] * (len(s) % TEMPORAL_PATCH_SIZE)
-    return [(s[i] + s[i + TEMPORAL_PATCH_SIZE - 1]) / 2 for i in range(0, len(s), TEMPORAL_PATCH_SIZE)]
+    k = TEMPORAL_PATCH_SIZE
+    return [(s[i] + s[i + k - 1]) / 2 for i in range(0, len(s), k)]
 
 
 def video_text(family, visual, pad_token, start="<|vision_start|>", end="<|vision_end|>"):
@@ -100,7 +104,8 @@ def video_text(family, visual, pad_token, start="<|vision_start|>", end="<|visio
         return start + pad_token * (t * per_patch) + end
     if len(visual["timestamps"]) != t:
         raise ValueError(f"{len(visual['timestamps'])} timestamps for {t} temporal patches")
-    return "".join(f"<{s:.1f} seconds>{start}{pad_token * per_patch}{end}" for s in visual["timestamps"])
+    return "".join(f"<{s:.1f} seconds>{start}{pad_token * per_patch}{end}"
+                   for s in visual["timestamps"])
 
 
 def visual_runs(family, visual, tokens_per_second=None):
@@ -131,7 +136,7 @@ def rope_positions(input_ids, attention_mask, visuals, config):
     height s + y, width s + x. The text after a run resumes at the largest position so far + 1
     (Qwen2.5-VL's rule; transformers 5.23's Qwen2.5-VL get_rope_index instead resumes at
     s + max(rows, cols), which differs for videos whose temporal ids outrun their height/width; for
-    Qwen3-VL the two rules agree). Pads get 0 (they are masked). `visuals[b]` is row b's visual or None.
+    Qwen3-VL the two rules agree). Pads get 0 (they are masked). visuals[b]: row b's visual or None.
 
     Example: image with grid_thw (1, 4, 6), i.e. 2x3 merged tokens I, one left pad:
         tokens    pad  sys <vs>  I  I  I  I  I  I <ve> txt
@@ -142,7 +147,8 @@ def rope_positions(input_ids, attention_mask, visuals, config):
     family = of(config)
     tokens_per_second = getattr(config.vision_config, "tokens_per_second", None)
     positions = torch.zeros(3, *input_ids.shape, dtype=torch.long)  # [3, B, L]
-    for b, (ids, mask, visual) in enumerate(zip(input_ids.cpu(), attention_mask.cpu().bool(), visuals)):
+    rows = zip(input_ids.cpu(), attention_mask.cpu().bool(), visuals)
+    for b, (ids, mask, visual) in enumerate(rows):
         ids = ids[mask]  # [n] the row without its left padding
         is_vis = (ids == config.image_token_id) | (ids == config.video_token_id)  # [n]
         runs = []
@@ -157,16 +163,17 @@ def rope_positions(input_ids, attention_mask, visuals, config):
             start = cursor + int(is_vis[cursor:].long().argmax())  # first pad of this run
             n = len(t_ids) * h * w
             run = ids[start:start + n]
-            if not is_vis[cursor:].any() or len(run) < n or not (run == pad_id(config, visual)).all():
-                raise ValueError(f"row {b}: expected {len(runs)} run(s) of {n} {visual['kind']} pad "
-                                 f"tokens, found {int(is_vis.sum())} pads")
+            if not is_vis[cursor:].any() or len(run) < n or (run != pad_id(config, visual)).any():
+                raise ValueError(f"row {b}: expected {len(runs)} run(s) of {n} {visual['kind']} "
+                                 f"pad tokens, found {int(is_vis.sum())} pads")
             pieces.append(torch.arange(start - cursor).expand(3, -1) + pos)  # text before the run
             grid = torch.meshgrid(t_ids, torch.arange(h), torch.arange(w), indexing="ij")
             vis = torch.stack(grid).reshape(3, -1) + pos + start - cursor  # [3, n]
             pieces.append(vis)
             pos, cursor = int(vis.max()) + 1, start + n
         if is_vis[cursor:].any():
-            raise ValueError(f"row {b}: {int(is_vis.sum())} visual pad tokens, more than its visual has")
+            raise ValueError(f"row {b}: {int(is_vis.sum())} visual pad tokens, more than its "
+                             f"visual has")
         pieces.append(torch.arange(len(ids) - cursor).expand(3, -1) + pos)  # text after
         positions[:, b, mask] = torch.cat(pieces, dim=1)
     return positions.to(input_ids.device)
@@ -181,4 +188,5 @@ def continue_positions(positions, steps):
     """Positions [3, B, steps] of the tokens that follow a prompt: max prompt position + 1, + 2, ...
     on all three axes (generated text is text). positions: [3, B, L] from rope_positions."""
     start = positions.amax(dim=(0, 2)) + 1  # [B]
-    return (start[:, None] + torch.arange(steps, device=positions.device)).expand(3, -1, -1)  # [3, B, steps]
+    steps = torch.arange(steps, device=positions.device)
+    return (start[:, None] + steps).expand(3, -1, -1)  # [3, B, steps]

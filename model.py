@@ -3,7 +3,7 @@ model.py: everything the stage scripts need from Qwen2.5-VL or Qwen3-VL, as flat
 
     load_model(path)                       -> (model, tokenizer); a LoRA checkpoint is merged on load
     add_lora(model, rank, alpha, ...)      -> PeftModel: LoRA adapters in place, base frozen (optional peft)
-    rope_positions(ids, mask, visuals, cfg) M-RoPE position ids [3, B, L] of a left-padded batch (families.py)
+    rope_positions(ids, mask, visuals, cfg) M-RoPE position ids [3, B, L] of a left-padded batch
     generate(model, batch, n, ...)         n sampled completions per prompt; finished rows leave the batch
     token_logprobs(model, batch, ...)      [R, T] log-probs of completion tokens (policy, reference, SFT)
 
@@ -33,9 +33,9 @@ import families
 from families import continue_positions, rope_positions  # M-RoPE positions live beside the families
 
 def load_model(path, dtype=torch.float32, device="cpu", attn_implementation=None):
-    """Load a Qwen2.5-VL or Qwen3-VL checkpoint (the family from config.model_type) and its tokenizer
-    (left padding, for batched prompts). Weights that do not all load into the family's class (missing,
-    unexpected or mis-shaped) are an error, never a model with newly initialised parts.
+    """Load a Qwen2.5-VL or Qwen3-VL checkpoint (the family from config.model_type) and its
+    tokenizer (left padding, for batched prompts). Weights that do not all load into the family's
+    class (missing, unexpected or mis-shaped) are an error, never a model with new random parts.
 
     attn_implementation=None picks flash_attention_2 when flash_attn is installed and the device is
     CUDA, else PyTorch sdpa. A LoRA checkpoint (adapter_config.json, what sft.py and tgrpo.py save
@@ -82,8 +82,8 @@ def refuse_thinking(tokenizer, path):
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "?"}], tokenize=False,
                                            add_generation_prompt=True)
     if prompt.endswith("<think>\n"):
-        raise ValueError(f"{path} is a Thinking checkpoint (its prompt ends with '<think>\\n'); this "
-                         f"project trains Instruct checkpoints, whose completions open <think> themselves")
+        raise ValueError(f"{path} is a Thinking checkpoint (its prompt ends with '<think>\\n'); "
+                         f"this project trains Instruct checkpoints (completions open <think>)")
 
 
 def add_lora(hf, rank, alpha, dropout=0.0, target=("language",)):
@@ -100,7 +100,8 @@ def add_lora(hf, rank, alpha, dropout=0.0, target=("language",)):
     from peft import LoraConfig, get_peft_model
     targets = families.of(hf.config).lora_targets
     if not target or set(target) - set(targets):
-        raise ValueError(f"lora_target must be a non-empty list of {sorted(targets)}, got {target!r}")
+        raise ValueError(f"lora_target must be a non-empty list of {sorted(targets)}, "
+                         f"got {target!r}")
     if os.path.isdir(hf.name_or_path):  # the saved adapters name their base: absolute, to load from anywhere
         hf.name_or_path = os.path.abspath(hf.name_or_path)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
@@ -236,8 +237,9 @@ class VisionOnceLM(nn.Module):
         completion_mask = torch.arange(T, device=device) < lengths[:, None]  # [R, T]
         prompts = SharedPromptCache(hf.config)  # use_cache=False below: HF would only add a cache of its own
         with cache_through_checkpointing(lm):
-            prompt_hidden = lm(**embed_prompts(hf, input_ids, visuals), attention_mask=attention_mask,
-                               position_ids=positions, past_key_values=prompts,
+            prompt_hidden = lm(**embed_prompts(hf, input_ids, visuals),
+                               attention_mask=attention_mask, position_ids=positions,
+                               past_key_values=prompts,
                                use_cache=False).last_hidden_state  # [P, Lp, D]
             rows = SharedPromptCache(hf.config, prompts, prompt_index)
             hidden = lm(inputs_embeds=hf.get_input_embeddings()(completion_ids),

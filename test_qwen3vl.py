@@ -1,7 +1,10 @@
-"""Qwen3-VL against Hugging Face's own code, on a tiny random Qwen3-VL (DeepStack included): loading by
-family, vision input (the PIL image processor configured as Qwen3-VL's, the processor's timestamp and
-token-expansion code), M-RoPE positions (get_rope_index), the engine (generate, token_logprobs,
-prompt-once gradients) and T-GRPO's shuffle with timestamps. Run: python -m pytest -q test_qwen3vl.py"""
+"""Qwen3-VL against Hugging Face's own code, on a tiny random Qwen3-VL (DeepStack included):
+loading by family, vision input (the PIL image processor configured as Qwen3-VL's, the processor's
+timestamp and token-expansion code), M-RoPE positions (get_rope_index), the engine (generate,
+token_logprobs, prompt-once gradients) and T-GRPO's shuffle with timestamps.
+Run: python -m pytest -q test_qwen3vl.py
+"""
+
 import functools
 import json
 import types
@@ -18,11 +21,27 @@ import data
 import families
 from demo import make_tiny_checkpoint
 from families import QWEN3_VL
-from model import (VisionOnceLM, embed_prompts, generate, load_model, rope_positions, stop_token_ids,
-                   token_logprobs)
+from model import (
+    VisionOnceLM,
+    embed_prompts,
+    generate,
+    load_model,
+    rope_positions,
+    stop_token_ids,
+    token_logprobs,
+)
 from test_data import video_file  # noqa: F401 (a fixture)
-from test_model import (TEXTS, assert_grads_equal, frames, grads_of, hf_completion_logprobs, hf_inputs,
-                        random_completions, row, text_prompt)
+from test_model import (
+    TEXTS,
+    assert_grads_equal,
+    frames,
+    grads_of,
+    hf_completion_logprobs,
+    hf_inputs,
+    random_completions,
+    row,
+    text_prompt,
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +69,18 @@ def image(H, W, seed):
 def mixed_batch3(tokenizer):
     """Left-padded: video (2 temporal patches of 4x4 tokens), image (2x3 tokens), text only, video
     (3 temporal patches of 2x4 tokens, frames sampled unevenly from a 3 fps video)."""
-    visuals = [video(4, 128, 128, 0), image(64, 96, 1), None,
-               video(6, 64, 128, 2, fps=3.0, indices=[0, 3, 7, 10, 14, 17])]
-    prompts = [data.prompt_text(row("video", "Which way does it move?")),
-               data.prompt_text(row("image", "What colour?")),
-               text_prompt("How many squares are there? Please think."),
-               data.prompt_text(row("video", "Why?"))]
+    visuals = [
+        video(4, 128, 128, 0),
+        image(64, 96, 1),
+        None,
+        video(6, 64, 128, 2, fps=3.0, indices=[0, 3, 7, 10, 14, 17]),
+    ]
+    prompts = [
+        data.prompt_text(row("video", "Which way does it move?")),
+        data.prompt_text(row("image", "What colour?")),
+        text_prompt("How many squares are there? Please think."),
+        data.prompt_text(row("video", "Why?")),
+    ]
     return data.collate(prompts, visuals, tokenizer)
 
 
@@ -63,10 +88,15 @@ def test_load_by_family_and_refuse_what_does_not_load(ckpt3, loaded3, tmp_path):
     model, tokenizer = loaded3
     assert type(model).__name__ == "Qwen3VLForConditionalGeneration"
     assert len(model.config.vision_config.deepstack_visual_indexes) == 2
-    assert tokenizer.convert_tokens_to_ids("</think>") == tokenizer.convert_tokens_to_ids("<think>") + 1
+    assert (
+        tokenizer.convert_tokens_to_ids("</think>")
+        == tokenizer.convert_tokens_to_ids("<think>") + 1
+    )
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Why?"}]}]
     assert tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == (
-        "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>Why?<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>Why?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     with pytest.raises(ValueError, match=r"supported: \['qwen2_5_vl', 'qwen3_vl'\]"):
         families.of("llava")
     # the weights of a checkpoint must all load: one missing tensor is an error, not a random init
@@ -76,29 +106,41 @@ def test_load_by_family_and_refuse_what_does_not_load(ckpt3, loaded3, tmp_path):
         (broken / f).write_bytes((ckpt3 / f).read_bytes())
     weights = load_file(ckpt3 / "model.safetensors")
     name = "model.visual.deepstack_merger_list.1.linear_fc2.weight"
-    save_file({k: v for k, v in weights.items() if k != name}, broken / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in weights.items() if k != name},
+        broken / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     with pytest.raises(ValueError, match="deepstack_merger_list.1.linear_fc2.weight"):
         load_model(broken)
     # the same weights under a Qwen2.5-VL config (what load_model did with any checkpoint before)
     config = json.loads((ckpt3 / "config.json").read_text())
     (broken / "config.json").write_text(json.dumps({**config, "model_type": "qwen2_5_vl"}))
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match="do not load into Qwen2_5_VLForConditionalGeneration.*missing_keys"):
+    with pytest.raises(
+        ValueError, match="do not load into Qwen2_5_VLForConditionalGeneration.*missing_keys"
+    ):
         load_model(broken)
 
 
 @pytest.mark.parametrize("h, w", [(32, 32), (64, 96), (128, 64)])
 def test_patchify_matches_hf_pil_processor_as_qwen3vl_on_frame_pairs(h, w):
-    """Each temporal patch of a 4-frame video against the PIL image processor configured as Qwen3-VL's
-    (patch 16, mean = std = 0.5), which repeats one image over the patch's two temporal slots: slot k
-    of our patch equals slot k of the processor's output on frame k of the pair."""
+    """Each temporal patch of a 4-frame video against the PIL image processor configured as
+    Qwen3-VL's (patch 16, mean = std = 0.5), which repeats one image over the patch's two temporal
+    slots: slot k of our patch equals slot k of the processor's output on frame k of the pair."""
     rng = np.random.default_rng(h * w)
     video_u8 = rng.integers(0, 256, (4, h, w, 3), dtype=np.uint8)  # [T, H, W, 3]
     x = torch.from_numpy(video_u8).permute(0, 3, 1, 2).float() / 255  # [T, 3, H, W]
     pixel_values, grid = data.patchify(x, QWEN3_VL)
-    proc = Qwen2VLImageProcessorPil(patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=[0.5] * 3,
-                                    image_std=[0.5] * 3, min_pixels=32 * 32, max_pixels=4096 * 32 * 32)
+    proc = Qwen2VLImageProcessorPil(
+        patch_size=16,
+        temporal_patch_size=2,
+        merge_size=2,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+        min_pixels=32 * 32,
+        max_pixels=4096 * 32 * 32,
+    )
     n = h * w // 256
     assert grid.tolist() == [2, h // 16, w // 16] and pixel_values.shape == (2 * n, 3 * 2 * 16 * 16)
     ours = pixel_values.reshape(2, n, 3, 2, 16 * 16)  # [pair, patch, C, slot, p*p]
@@ -115,10 +157,15 @@ def hf_expansion(visual, indices, fps):
     """Qwen3VLProcessor's own replace_video_token (transformers 5.23) for one video."""
     proc = types.SimpleNamespace(
         video_processor=types.SimpleNamespace(merge_size=2, temporal_patch_size=2),
-        vision_start_token="<|vision_start|>", vision_end_token="<|vision_end|>", video_token="<|video_pad|>",
-        _calculate_timestamps=functools.partial(Qwen3VLProcessor._calculate_timestamps, None))
-    inputs = {"video_grid_thw": visual["grid_thw"][None],
-              "video_metadata": [types.SimpleNamespace(fps=fps, frames_indices=list(indices))]}
+        vision_start_token="<|vision_start|>",
+        vision_end_token="<|vision_end|>",
+        video_token="<|video_pad|>",
+        _calculate_timestamps=functools.partial(Qwen3VLProcessor._calculate_timestamps, None),
+    )
+    inputs = {
+        "video_grid_thw": visual["grid_thw"][None],
+        "video_metadata": [types.SimpleNamespace(fps=fps, frames_indices=list(indices))],
+    }
     return Qwen3VLProcessor.replace_video_token(proc, inputs, 0)
 
 
@@ -130,8 +177,9 @@ def test_video_tokens_follow_the_release_processor(ckpt3, video_file):
     the whole "<|vision_start|><|video_pad|><|vision_end|>"; we follow the release."""
     tokenizer = AutoTokenizer.from_pretrained(ckpt3)
     # a real decode: 16 frames at 4 fps, 8 kept at indices [0, 2, 4, 6, 9, 11, 13, 15]
-    x, seconds = data.load_video(video_file, max_frames=8, min_pixels=64 * 64, max_pixels=64 * 64,
-                                 family=QWEN3_VL)
+    x, seconds = data.load_video(
+        video_file, max_frames=8, min_pixels=64 * 64, max_pixels=64 * 64, family=QWEN3_VL
+    )
     indices = [0, 2, 4, 6, 9, 11, 13, 15]
     assert x.shape == (8, 3, 64, 64) and seconds == [i / 4 for i in indices]
     visual = data.make_visual(x, seconds, QWEN3_VL)
@@ -141,30 +189,49 @@ def test_video_tokens_follow_the_release_processor(ckpt3, video_file):
     replacement = hf_expansion(visual, indices, 4.0)
     release = prompt.replace("<|vision_start|><|video_pad|><|vision_end|>", replacement)
     v5 = prompt.replace("<|video_pad|>", replacement)
-    assert v5 == release.replace(replacement, "<|vision_start|>" + replacement + "<|vision_end|>")  # the line
+    assert v5 == release.replace(
+        replacement, "<|vision_start|>" + replacement + "<|vision_end|>"
+    )  # the line
     ids = data.collate([prompt], [visual], tokenizer)["input_ids"][0]
     assert ids.tolist() == tokenizer.encode(release, add_special_tokens=False)
     text = tokenizer.decode(ids)
-    assert "user\n<0.2 seconds><|vision_start|>" + "<|video_pad|>" * 4 + "<|vision_end|><1.2 seconds>" in text
-    assert text.count("<|vision_start|>") == 4 and (ids == tokenizer.convert_tokens_to_ids("<|video_pad|>")).sum() == 16
+    assert (
+        "user\n<0.2 seconds><|vision_start|>" + "<|video_pad|>" * 4 + "<|vision_end|><1.2 seconds>"
+        in text
+    )
+    assert (
+        text.count("<|vision_start|>") == 4
+        and (ids == tokenizer.convert_tokens_to_ids("<|video_pad|>")).sum() == 16
+    )
 
 
 def test_rope_positions_match_hf_get_rope_index(loaded3):
     model, tokenizer = loaded3
     batch = mixed_batch3(tokenizer)
     mask = batch["attention_mask"]
-    assert (mask[:, 0] == 0).any() and len(set(mask.sum(1).tolist())) == 4  # left padding, 4 lengths
+    assert (mask[:, 0] == 0).any() and len(
+        set(mask.sum(1).tolist())
+    ) == 4  # left padding, 4 lengths
     ours = rope_positions(batch["input_ids"], mask, batch["visuals"], model.config)  # [3, B, L]
     inputs = hf_inputs(batch["input_ids"], batch["visuals"], model.config)
-    theirs, _ = model.model.get_rope_index(batch["input_ids"], inputs["mm_token_type_ids"],
-                                           inputs["image_grid_thw"], inputs["video_grid_thw"], mask)
+    theirs, _ = model.model.get_rope_index(
+        batch["input_ids"],
+        inputs["mm_token_type_ids"],
+        inputs["image_grid_thw"],
+        inputs["video_grid_thw"],
+        mask,
+    )
     assert torch.equal(ours, theirs)
-    # a video's temporal patches are placed like images: all of a patch's tokens share one temporal id
+    # a video's temporal patches are placed like images: a patch's tokens share one temporal id
     vid = batch["input_ids"][0] == model.config.video_token_id
     assert ours[0, 0, vid].unique().numel() == 2
     with pytest.raises(ValueError, match="qwen2_5_vl visual for a qwen3_vl model"):
-        rope_positions(batch["input_ids"][1:2], mask[1:2], [dict(batch["visuals"][1], family="qwen2_5_vl")],
-                       model.config)
+        rope_positions(
+            batch["input_ids"][1:2],
+            mask[1:2],
+            [dict(batch["visuals"][1], family="qwen2_5_vl")],
+            model.config,
+        )
 
 
 def test_deepstack_reaches_the_language_model(loaded3):
@@ -175,11 +242,18 @@ def test_deepstack_reaches_the_language_model(loaded3):
     n_vis = int(inputs["visual_pos_masks"].sum())
     assert [e.shape for e in inputs["deepstack_visual_embeds"]] == [(n_vis, 64)] * 2
     lm = model.model.language_model
-    positions = rope_positions(batch["input_ids"], batch["attention_mask"], batch["visuals"], model.config)
+    positions = rope_positions(
+        batch["input_ids"], batch["attention_mask"], batch["visuals"], model.config
+    )
     with torch.no_grad():
-        full = lm(**inputs, attention_mask=batch["attention_mask"], position_ids=positions).last_hidden_state
-        bare = lm(inputs_embeds=inputs["inputs_embeds"], attention_mask=batch["attention_mask"],
-                  position_ids=positions).last_hidden_state
+        full = lm(
+            **inputs, attention_mask=batch["attention_mask"], position_ids=positions
+        ).last_hidden_state
+        bare = lm(
+            inputs_embeds=inputs["inputs_embeds"],
+            attention_mask=batch["attention_mask"],
+            position_ids=positions,
+        ).last_hidden_state
     assert (full - bare)[:, -1].abs().max() > 1e-3
 
 
@@ -188,12 +262,19 @@ def test_greedy_generate_matches_hf_generate(loaded3):
     batch = mixed_batch3(tokenizer)
     out = generate(model, batch, n=1, max_new_tokens=10, temperature=0)
     model.model.rope_deltas = None
-    hf_out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            **hf_inputs(batch["input_ids"], batch["visuals"], model.config), do_sample=False,
-                            max_new_tokens=10, eos_token_id=stop_token_ids(tokenizer),
-                            pad_token_id=tokenizer.pad_token_id)
-    assert torch.equal(out["completion_ids"], hf_out[:, batch["input_ids"].shape[1]:])
-    assert (out["lengths"] > 5).all() and len({tuple(r) for r in out["completion_ids"].tolist()}) == 4
+    hf_out = model.generate(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        **hf_inputs(batch["input_ids"], batch["visuals"], model.config),
+        do_sample=False,
+        max_new_tokens=10,
+        eos_token_id=stop_token_ids(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    assert torch.equal(out["completion_ids"], hf_out[:, batch["input_ids"].shape[1] :])
+    assert (out["lengths"] > 5).all() and len(
+        {tuple(r) for r in out["completion_ids"].tolist()}
+    ) == 4
     copies = generate(model, batch, n=[2, 1, 1, 3], max_new_tokens=10, temperature=0)
     assert torch.equal(copies["completion_ids"], out["completion_ids"][copies["prompt_index"]])
 
@@ -202,17 +283,30 @@ def test_token_logprobs_and_prompt_once_gradients_match_hf(loaded3):
     model, tokenizer = loaded3
     batch = mixed_batch3(tokenizer)
     prompt_index, completion_ids, lengths = random_completions(tokenizer, [3, 2, 1, 2], T=6, seed=0)
-    weights = torch.randn(completion_ids.shape, generator=torch.Generator().manual_seed(1))  # [R, T]
-    logp, ours = grads_of(model, lambda: token_logprobs(VisionOnceLM(model), batch, prompt_index,
-                                                        completion_ids, lengths, temperature=0.7), weights)
-    ref, theirs = grads_of(model, lambda: hf_completion_logprobs(model, batch, prompt_index, completion_ids,
-                                                                 lengths, temperature=0.7)[0], weights)
+    weights = torch.randn(
+        completion_ids.shape, generator=torch.Generator().manual_seed(1)
+    )  # [R, T]
+    logp, ours = grads_of(
+        model,
+        lambda: token_logprobs(
+            VisionOnceLM(model), batch, prompt_index, completion_ids, lengths, temperature=0.7
+        ),
+        weights,
+    )
+    ref, theirs = grads_of(
+        model,
+        lambda: hf_completion_logprobs(
+            model, batch, prompt_index, completion_ids, lengths, temperature=0.7
+        )[0],
+        weights,
+    )
     torch.testing.assert_close(logp, ref, atol=1e-5, rtol=0)
     assert ours["model.visual.deepstack_merger_list.1.linear_fc2.weight"].abs().sum() > 0
     assert_grads_equal(ours, theirs)
     with torch.no_grad():
-        chunked = token_logprobs(model, batch, prompt_index, completion_ids, lengths, temperature=0.7,
-                                 micro_batch_size=3)
+        chunked = token_logprobs(
+            model, batch, prompt_index, completion_ids, lengths, temperature=0.7, micro_batch_size=3
+        )
     torch.testing.assert_close(chunked, ref, atol=1e-5, rtol=0)
 
 
@@ -228,10 +322,14 @@ def test_shuffle_timestamps_keep_and_follow(ckpt3):
     assert stamps(ordered) == ["<0.2 seconds>", "<1.2 seconds>", "<2.2 seconds>", "<3.2 seconds>"]
     for level in ("frame", "patch"):
         order = data.shuffle_order(8, torch.Generator().manual_seed(3), level).tolist()
-        kept = data.make_visual(*data.shuffle_video(x, seconds, torch.Generator().manual_seed(3), level,
-                                                    "keep"), QWEN3_VL)
-        moved = data.make_visual(*data.shuffle_video(x, seconds, torch.Generator().manual_seed(3), level,
-                                                     "follow"), QWEN3_VL)
+        kept = data.make_visual(
+            *data.shuffle_video(x, seconds, torch.Generator().manual_seed(3), level, "keep"),
+            QWEN3_VL,
+        )
+        moved = data.make_visual(
+            *data.shuffle_video(x, seconds, torch.Generator().manual_seed(3), level, "follow"),
+            QWEN3_VL,
+        )
         assert torch.equal(kept["pixel_values"], moved["pixel_values"])
         assert not torch.equal(kept["pixel_values"], ordered["pixel_values"])
         ids = lambda v: data.collate([prompt], [v], tokenizer)["input_ids"]
@@ -245,6 +343,7 @@ def test_shuffle_timestamps_keep_and_follow(ckpt3):
 
 def test_lora_targets_cover_the_qwen3vl_layers(loaded3):
     import re
+
     model, _ = loaded3
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     for part, pattern in QWEN3_VL.lora_targets.items():
@@ -257,11 +356,13 @@ def test_lora_targets_cover_the_qwen3vl_layers(loaded3):
 
 
 def test_thinking_checkpoints_are_refused(ckpt3, tmp_path):
-    """Qwen3-VL-Thinking's template opens the think block in the prompt: refused, with the reason."""
+    """Qwen3-VL-Thinking's template opens the think block in the prompt: refused, with why."""
     from demo import QWEN3_CHAT_TEMPLATE
+
     tokenizer = AutoTokenizer.from_pretrained(ckpt3)
-    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE.replace("<|im_start|>assistant\n{% endif %}",
-                                                          "<|im_start|>assistant\n<think>\n{% endif %}")
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE.replace(
+        "<|im_start|>assistant\n{% endif %}", "<|im_start|>assistant\n<think>\n{% endif %}"
+    )
     assert tokenizer.chat_template != QWEN3_CHAT_TEMPLATE
     thinking = tmp_path / "thinking"
     tokenizer.save_pretrained(thinking)
@@ -274,44 +375,120 @@ def test_thinking_checkpoints_are_refused(ckpt3, tmp_path):
 
 @pytest.mark.slow
 def test_qwen3vl_8b_widths_match_hf(ckpt3):
-    """Qwen3-VL-8B-Instruct's widths (text 4096 wide, 32 query heads and 8 KV heads of 128, MLP 12288,
-    rope_theta 5e6, interleaved mrope_section [24, 20, 20]; vision 1152 wide, 16 heads, MLP 4304, out
-    4096, 2304 position embeddings), random weights, 3 vision blocks each feeding DeepStack and 4
-    language layers (3 with DeepStack, as the real model's first 3); the tiny tokenizer's vocabulary.
-    Positions = get_rope_index and log-probs = HF's forward, as on the tiny model."""
+    """Qwen3-VL-8B-Instruct's widths (text 4096 wide, 32 query heads and 8 KV heads of 128, MLP
+    12288, rope_theta 5e6, interleaved mrope_section [24, 20, 20]; vision 1152 wide, 16 heads, MLP
+    4304, out 4096, 2304 position embeddings), random weights, 3 vision blocks each feeding
+    DeepStack and 4 language layers (3 with DeepStack, as the real model's first 3); the tiny
+    tokenizer's vocabulary. Positions = get_rope_index, log-probs = HF's forward, greedy generate =
+    HF generate, as on the tiny model."""
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
     tokenizer = AutoTokenizer.from_pretrained(ckpt3)
     tiny = json.loads((ckpt3 / "config.json").read_text())
-    ids = {k: tiny[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
-                                "vision_end_token_id")}
+    ids = {
+        k: tiny[k]
+        for k in (
+            "image_token_id",
+            "video_token_id",
+            "vision_start_token_id",
+            "vision_end_token_id",
+        )
+    }
     config = Qwen3VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=4096, intermediate_size=12288,
-                         num_hidden_layers=4, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-                         rope_parameters=dict(rope_type="default", rope_theta=5e6, mrope_section=[24, 20, 20],
-                                              mrope_interleaved=True), rms_norm_eps=1e-6),
-        vision_config=dict(depth=3, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096,
-                           patch_size=16, temporal_patch_size=2, spatial_merge_size=2,
-                           num_position_embeddings=2304, deepstack_visual_indexes=[0, 1, 2]),
-        tie_word_embeddings=False, **ids)
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=4096,
+            intermediate_size=12288,
+            num_hidden_layers=4,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            rope_parameters=dict(
+                rope_type="default",
+                rope_theta=5e6,
+                mrope_section=[24, 20, 20],
+                mrope_interleaved=True,
+            ),
+            rms_norm_eps=1e-6,
+        ),
+        vision_config=dict(
+            depth=3,
+            hidden_size=1152,
+            intermediate_size=4304,
+            num_heads=16,
+            out_hidden_size=4096,
+            patch_size=16,
+            temporal_patch_size=2,
+            spatial_merge_size=2,
+            num_position_embeddings=2304,
+            deepstack_visual_indexes=[0, 1, 2],
+        ),
+        tie_word_embeddings=False,
+        **ids,
+    )
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = Qwen3VLForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     batch = mixed_batch3(tokenizer)
     inputs = hf_inputs(batch["input_ids"], batch["visuals"], model.config)
-    theirs, _ = model.model.get_rope_index(batch["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"],
-                                           inputs["video_grid_thw"], batch["attention_mask"])
-    ours = rope_positions(batch["input_ids"], batch["attention_mask"], batch["visuals"], model.config)
+    theirs, _ = model.model.get_rope_index(
+        batch["input_ids"],
+        inputs["mm_token_type_ids"],
+        inputs["image_grid_thw"],
+        inputs["video_grid_thw"],
+        batch["attention_mask"],
+    )
+    ours = rope_positions(
+        batch["input_ids"], batch["attention_mask"], batch["visuals"], model.config
+    )
     assert torch.equal(ours, theirs)
     prompt_index, completion_ids, lengths = random_completions(tokenizer, [2, 1, 1, 2], T=4, seed=0)
     with torch.no_grad():
         ref, _ = hf_completion_logprobs(model, batch, prompt_index, completion_ids, lengths)
         logp = token_logprobs(model, batch, prompt_index, completion_ids, lengths)
-        out = generate(model, batch, n=1, max_new_tokens=3, temperature=0,
-                       stop_ids=stop_token_ids(tokenizer))
+        out = generate(
+            model, batch, n=1, max_new_tokens=3, temperature=0, stop_ids=stop_token_ids(tokenizer)
+        )
     torch.testing.assert_close(logp, ref, atol=1e-5, rtol=0)
     model.model.rope_deltas = None
-    hf_out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **inputs,
-                            do_sample=False, max_new_tokens=3, eos_token_id=stop_token_ids(tokenizer),
-                            pad_token_id=tokenizer.pad_token_id)
-    assert torch.equal(out["completion_ids"], hf_out[:, batch["input_ids"].shape[1]:])
+    hf_out = model.generate(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        **inputs,
+        do_sample=False,
+        max_new_tokens=3,
+        eos_token_id=stop_token_ids(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    assert torch.equal(out["completion_ids"], hf_out[:, batch["input_ids"].shape[1] :])
+
+
+@pytest.mark.parametrize(
+    "script, files",
+    [
+        ("sft", ["config/sft_qwen3vl_8b.py"]),
+        ("sft", ["config/sft_qwen3vl_8b.py", "config/sft_qwen3vl_8b_lora.py"]),
+        ("tgrpo", ["config/tgrpo_qwen3vl_8b.py"]),
+        ("tgrpo", ["config/tgrpo_qwen3vl_8b.py", "config/tgrpo_qwen3vl_8b_lora.py"]),
+        ("eval", ["config/eval_qwen3vl_8b.py"]),
+        ("sft", ["config/warmup_demo.py", "config/warmup_demo_qwen3vl.py"]),
+        ("sft", ["config/sft_demo.py", "config/sft_demo_qwen3vl.py"]),
+        ("tgrpo", ["config/tgrpo_demo.py", "config/tgrpo_demo_qwen3vl.py"]),
+        ("eval", ["config/eval_demo.py", "config/eval_demo_qwen3vl.py"]),
+    ],
+)
+def test_qwen3vl_configs_are_accepted_and_fit_32_pixel_sides(script, files):
+    """Each config's keys exist in its script (the configurator refuses unknown keys and types), and
+    its pixel budgets are whole numbers of Qwen3-VL's 32x32-pixel tokens."""
+    import importlib
+    from configurator import configure
+
+    module = importlib.import_module(script)
+    cfg = configure(dict(vars(module)), files)
+    for key in ("video_min_pixels", "video_max_pixels", "image_min_pixels", "image_max_pixels"):
+        assert cfg[key] % (32 * 32) == 0, key
+    if script != "eval" and "demo" not in files[0]:
+        assert (cfg["max_frames"], cfg["fps"], cfg["video_max_pixels"]) == (16, 2.0, 128 * 32 * 32)
+    if script == "eval" and "demo" not in files[0]:
+        assert (cfg["max_frames"], cfg["video_max_pixels"]) == (64, 256 * 32 * 32)

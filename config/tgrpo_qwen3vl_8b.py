@@ -5,11 +5,12 @@ data_dir = "data/Video-R1-data"
 train_file = "Video-R1-260k.json"
 out_dir = "out/tgrpo_qwen3vl_8b"
 log_with = "wandb"
-# 16 frames at 2 fps, 128 tokens of 32x32 pixels per frame: the paper's token budget (sft_qwen3vl_8b.py)
+# 16 frames at 2 fps, 128 tokens of 32x32 pixels per frame: the paper's token budget (see
+# config/sft_qwen3vl_8b.py)
 max_frames = 16
 fps = 2.0
 video_min_pixels = 128 * 32 * 32
 video_max_pixels = 128 * 32 * 32
 image_min_pixels = 4 * 32 * 32
 image_max_pixels = 256 * 32 * 32
-shuffle_timestamps = "keep"             # shuffled frames, timestamps in order (README: T-GRPO on Qwen3-VL)
+shuffle_timestamps = "keep"             # frames shuffled, timestamps in order (README, Qwen3-VL)

@@ -3,7 +3,9 @@
 #   python sft.py config/warmup_demo.py config/warmup_demo_qwen3vl.py
 model_path = "demo/tiny-qwen3-vl"
 out_dir = "demo/tiny-qwen3-vl-warm"
-video_min_pixels = 128 * 128            # 128x128 frames (sides multiples of 32): 4x4 tokens per frame
-video_max_pixels = 128 * 128            # pair and 16 per image, as the Qwen2.5-VL demo's 112x112
+# 128x128 frames (sides multiples of 32): 4x4 tokens per frame pair and 16 per image, as the
+# Qwen2.5-VL demo's 112x112
+video_min_pixels = 128 * 128
+video_max_pixels = 128 * 128
 image_min_pixels = 128 * 128
 image_max_pixels = 128 * 128
