@@ -78,7 +78,7 @@ def hf_inputs(input_ids, visuals, config):
     if videos:
         out |= {"pixel_values_videos": torch.cat([v["pixel_values"] for v in videos]),
                 "video_grid_thw": torch.stack([v["grid_thw"] for v in videos])}
-        if videos[0]["second_per_grid_t"] is not None:  # Qwen2.5-VL (Qwen3-VL's time is in the text)
+        if videos[0]["second_per_grid_t"] is not None:  # Qwen2.5-VL; Qwen3-VL's time is in the text
             out["second_per_grid_ts"] = torch.tensor([v["second_per_grid_t"] for v in videos])
     return out
 
@@ -354,9 +354,10 @@ def ddp_rows(tokenizer, rank):
     return prompt_index, completion_ids, lengths, weights
 
 
-def ddp_half(ckpt, out):
+def ddp_half(ckpt, out, make_batch=None):
     """Run by accelerate on 2 CPU processes: DDP-wrapped VisionOnceLM, gradient checkpointing, one forward
-    and backward per micro-batch (no_sync but the last), as tgrpo.py trains."""
+    and backward per micro-batch (no_sync but the last), as tgrpo.py trains. make_batch: another
+    family's mixed_batch (test_qwen3vl.py)."""
     from accelerate import Accelerator
     accelerator = Accelerator()
     model, tokenizer = load_model(ckpt)
@@ -365,7 +366,7 @@ def ddp_half(ckpt, out):
     policy = accelerator.prepare(VisionOnceLM(model))
     calls = []
     policy.register_forward_pre_hook(lambda *a: calls.append(1))  # the DDP wrapper's forward
-    batch = mixed_batch(tokenizer)
+    batch = (make_batch or mixed_batch)(tokenizer)
     prompt_index, completion_ids, lengths, weights = ddp_rows(tokenizer, accelerator.process_index)
     chunks = micro_batches(prompt_index, 3)
     for j, rows in enumerate(chunks):

@@ -7,6 +7,7 @@ Run: python -m pytest -q test_qwen3vl.py
 
 import functools
 import json
+import sys
 import types
 
 import numpy as np
@@ -19,6 +20,7 @@ from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 
 import data
 import families
+from conftest import run_script
 from demo import make_tiny_checkpoint
 from families import QWEN3_VL
 from model import (
@@ -34,6 +36,8 @@ from test_data import video_file  # noqa: F401 (a fixture)
 from test_model import (
     TEXTS,
     assert_grads_equal,
+    ddp_half,
+    ddp_rows,
     frames,
     grads_of,
     hf_completion_logprobs,
@@ -492,3 +496,29 @@ def test_qwen3vl_configs_are_accepted_and_fit_32_pixel_sides(script, files):
         assert (cfg["max_frames"], cfg["fps"], cfg["video_max_pixels"]) == (16, 2.0, 128 * 32 * 32)
     if script == "eval" and "demo" not in files[0]:
         assert (cfg["max_frames"], cfg["video_max_pixels"]) == (64, 256 * 32 * 32)
+
+
+@pytest.mark.slow
+def test_prompt_once_under_ddp(ckpt3, loaded3, tmp_path):
+    """2-process DDP on Qwen3-VL (test_model.py's test, DeepStack included): averaged gradients =
+    the per-row HF reference over both ranks' rows; one DDP forward per micro-batch."""
+    run_script("test_qwen3vl.py", str(ckpt3), str(tmp_path / "ddp.pt"), processes=2)
+    got = torch.load(tmp_path / "ddp.pt")
+    assert got["calls"] == got["chunks"] == 2
+    model, tokenizer = loaded3
+    batch = mixed_batch3(tokenizer)
+
+    def reference():  # DDP averages the two ranks' gradients
+        losses = []
+        for rank in (0, 1):
+            prompt_index, completion_ids, lengths, weights = ddp_rows(tokenizer, rank)
+            logp = hf_completion_logprobs(model, batch, prompt_index, completion_ids, lengths)[0]
+            losses.append((logp * weights).sum())
+        return (losses[0] + losses[1]) / 2
+
+    _, theirs = grads_of(model, reference, torch.ones(()))
+    assert_grads_equal(got["grads"], theirs)
+
+
+if __name__ == "__main__":
+    ddp_half(sys.argv[1], sys.argv[2], mixed_batch3)
