@@ -84,7 +84,7 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import AutoTokenizer, GenerationConfig, Qwen2_5_VLConfig
     from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
-    qwen3 = model_type == "qwen3_vl"
+    qwen3 = model_type in ("qwen3_vl", "qwen3_vl_moe")
     added = ADDED_TOKENS + QWEN3_ADDED_TOKENS * qwen3
 
     # 1. tokenizer: Qwen2's byte-level BPE pipeline, trained on the given texts
@@ -131,7 +131,8 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
         tie_word_embeddings=False)
     if qwen3:  # Qwen3-VL at the same toy sizes instead
         config = tiny_qwen3_vl_config(ids, len(tokenizer), hidden_size, num_layers,
-                                      vision_hidden_size, vision_depth, rope_theta)
+                                      vision_hidden_size, vision_depth, rope_theta,
+                                      moe=model_type == "qwen3_vl_moe")
     with torch.random.fork_rng():  # seeded init without disturbing the caller's RNG
         torch.manual_seed(seed)
         model = families.of(config).model_class(config)
@@ -142,15 +143,18 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
 
 
 def tiny_qwen3_vl_config(ids, vocab_size, hidden_size, num_layers, vision_hidden_size, vision_depth,
-                         rope_theta):
+                         rope_theta, moe=False):
     """Qwen3-VL at toy sizes: head_dim 16, interleaved M-RoPE with Qwen3-VL's [24, 20, 20] split
     scaled to 8 frequencies ([4, 2, 2]), DeepStack from every vision block into the first language
-    layers (one more language layer than levels, so a layer without DeepStack runs too)."""
-    from transformers import Qwen3VLConfig
+    layers (one more language layer than levels, so a layer without DeepStack runs too).
+    moe: Qwen3-VL-MoE, 4 experts of which 2 per token in every language layer."""
+    from transformers import Qwen3VLConfig, Qwen3VLMoeConfig
     half = 16 // 2
     spatial = half * 20 // 64
-    return Qwen3VLConfig(
-        text_config=dict(vocab_size=vocab_size, hidden_size=hidden_size,
+    experts = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden_size,
+                   decoder_sparse_step=1) if moe else {}
+    return (Qwen3VLMoeConfig if moe else Qwen3VLConfig)(
+        text_config=dict(**experts, vocab_size=vocab_size, hidden_size=hidden_size,
                          intermediate_size=2 * hidden_size, num_hidden_layers=num_layers + 1,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                          max_position_embeddings=32768, rms_norm_eps=1e-6,

@@ -14,10 +14,11 @@ place a visual's tokens on the M-RoPE axes (temporal, height, width) the same wa
 A reader of one family can skip the other's block. The M-RoPE positions of a batch (rope_positions,
 used through model.py) are here too: one rule for both families, visual_runs being the difference.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
-from transformers import Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration
+from transformers import (Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration,
+                          Qwen3VLMoeForConditionalGeneration)
 
 TEMPORAL_PATCH_SIZE = 2   # frames per temporal patch (both families)
 MERGE_SIZE = 2            # 2x2 patches -> one LLM token (both families)
@@ -62,7 +63,13 @@ QWEN3_VL = Family(
                   "vision": r"model\.visual\.(blocks\.\d+\.(attn\.(qkv|proj)|mlp\.linear_fc[12])"
                             r"|(merger|deepstack_merger_list\.\d+)\.linear_fc[12])"})
 
-FAMILIES = {f.name: f for f in (QWEN2_5_VL, QWEN3_VL)}
+# Qwen3-VL-MoE (30B-A3B, 235B-A22B): Qwen3-VL with mixture-of-experts MLPs. The experts are fused
+# tensors, not Linear layers, so "language" LoRA adapts the attention projections (and any dense MLP
+# layers), not the experts.
+QWEN3_VL_MOE = replace(QWEN3_VL, name="qwen3_vl_moe",
+                       model_class=Qwen3VLMoeForConditionalGeneration)
+
+FAMILIES = {f.name: f for f in (QWEN2_5_VL, QWEN3_VL, QWEN3_VL_MOE)}
 
 
 def of(config):

@@ -60,24 +60,24 @@ def loaded3(ckpt3):
     return load_model(ckpt3)
 
 
-def video(T, H, W, seed, fps=2.0, indices=None):
+def video(T, H, W, seed, fps=2.0, indices=None, family=QWEN3_VL):
     """A Qwen3-VL video visual: T frames, frame i at indices[i] / fps seconds."""
     indices = list(range(T)) if indices is None else indices
-    return data.make_visual(frames(T, H, W, seed), [i / fps for i in indices], QWEN3_VL)
+    return data.make_visual(frames(T, H, W, seed), [i / fps for i in indices], family)
 
 
-def image(H, W, seed):
-    return data.make_visual(frames(1, H, W, seed), None, QWEN3_VL)
+def image(H, W, seed, family=QWEN3_VL):
+    return data.make_visual(frames(1, H, W, seed), None, family)
 
 
-def mixed_batch3(tokenizer):
+def mixed_batch3(tokenizer, family=QWEN3_VL):
     """Left-padded: video (2 temporal patches of 4x4 tokens), image (2x3 tokens), text only, video
     (3 temporal patches of 2x4 tokens, frames sampled unevenly from a 3 fps video)."""
     visuals = [
-        video(4, 128, 128, 0),
-        image(64, 96, 1),
+        video(4, 128, 128, 0, family=family),
+        image(64, 96, 1, family=family),
         None,
-        video(6, 64, 128, 2, fps=3.0, indices=[0, 3, 7, 10, 14, 17]),
+        video(6, 64, 128, 2, fps=3.0, indices=[0, 3, 7, 10, 14, 17], family=family),
     ]
     prompts = [
         data.prompt_text(row("video", "Which way does it move?")),
@@ -101,7 +101,8 @@ def test_load_by_family_and_refuse_what_does_not_load(ckpt3, loaded3, tmp_path):
         "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>Why?<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
-    with pytest.raises(ValueError, match=r"supported: \['qwen2_5_vl', 'qwen3_vl'\]"):
+    supported = r"supported: \['qwen2_5_vl', 'qwen3_vl', 'qwen3_vl_moe'\]"
+    with pytest.raises(ValueError, match=supported):
         families.of("llava")
     # the weights of a checkpoint must all load: one missing tensor is an error, not a random init
     broken = tmp_path / "broken"
@@ -496,6 +497,42 @@ def test_qwen3vl_configs_are_accepted_and_fit_32_pixel_sides(script, files):
         assert (cfg["max_frames"], cfg["fps"], cfg["video_max_pixels"]) == (16, 2.0, 128 * 32 * 32)
     if script == "eval" and "demo" not in files[0]:
         assert (cfg["max_frames"], cfg["video_max_pixels"]) == (64, 256 * 32 * 32)
+
+
+def test_qwen3vl_moe_engine_matches_hf(tmp_path):
+    """Qwen3-VL-MoE (4 experts, 2 per token, DeepStack): loads as its own family; positions =
+    get_rope_index, greedy generate = HF generate, log-probs and prompt-once gradients = HF forward;
+    "language" LoRA adapts attention, not the fused experts."""
+    import re
+
+    make_tiny_checkpoint(tmp_path, TEXTS, model_type="qwen3_vl_moe")
+    model, tokenizer = load_model(tmp_path)
+    assert type(model).__name__ == "Qwen3VLMoeForConditionalGeneration"
+    family = families.of(model.config)
+    batch = mixed_batch3(tokenizer, family)
+    inputs = hf_inputs(batch["input_ids"], batch["visuals"], model.config)
+    mask = batch["attention_mask"]
+    theirs, _ = model.model.get_rope_index(batch["input_ids"], inputs["mm_token_type_ids"],
+                                           inputs["image_grid_thw"], inputs["video_grid_thw"], mask)
+    ours = rope_positions(batch["input_ids"], mask, batch["visuals"], model.config)
+    assert torch.equal(ours, theirs)
+    out = generate(model, batch, n=1, max_new_tokens=8, temperature=0)
+    model.model.rope_deltas = None
+    hf_out = model.generate(input_ids=batch["input_ids"], attention_mask=mask, **inputs,
+                            do_sample=False, max_new_tokens=8,
+                            eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    assert torch.equal(out["completion_ids"], hf_out[:, batch["input_ids"].shape[1]:])
+    assert (out["lengths"] > 4).all()  # non-trivial sequences were compared
+    prompt_index, completion_ids, lengths = random_completions(tokenizer, [3, 2, 1, 2], T=6, seed=0)
+    weights = torch.randn(completion_ids.shape, generator=torch.Generator().manual_seed(1))
+    rows = (batch, prompt_index, completion_ids, lengths)
+    logp, ours = grads_of(model, lambda: token_logprobs(VisionOnceLM(model), *rows), weights)
+    ref, theirs = grads_of(model, lambda: hf_completion_logprobs(model, *rows)[0], weights)
+    torch.testing.assert_close(logp, ref, atol=1e-5, rtol=0)
+    assert_grads_equal(ours, theirs)
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    adapted = [n for n in linear if re.fullmatch(family.lora_targets["language"], n)]
+    assert adapted and all(".self_attn." in n for n in adapted)
 
 
 @pytest.mark.slow
