@@ -519,8 +519,8 @@ def test_qwen3vl_moe_engine_matches_hf(tmp_path):
     out = generate(model, batch, n=1, max_new_tokens=8, temperature=0)
     model.model.rope_deltas = None
     hf_out = model.generate(input_ids=batch["input_ids"], attention_mask=mask, **inputs,
-                            do_sample=False, max_new_tokens=8,
-                            eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
+                            do_sample=False, max_new_tokens=8, pad_token_id=tokenizer.pad_token_id,
+                            eos_token_id=stop_token_ids(tokenizer))
     assert torch.equal(out["completion_ids"], hf_out[:, batch["input_ids"].shape[1]:])
     assert (out["lengths"] > 4).all()  # non-trivial sequences were compared
     prompt_index, completion_ids, lengths = random_completions(tokenizer, [3, 2, 1, 2], T=6, seed=0)
