@@ -391,6 +391,11 @@ def collate(prompts, visuals, tokenizer):
     return {"input_ids": input_ids, "attention_mask": attention_mask, "visuals": list(visuals)}
 
 
+def prompt_length(prompt, visual, tokenizer):
+    """Tokens of a prompt once collate has expanded its vision pad (Qwen3-VL: with the timestamps)."""
+    return int(collate([prompt], [visual], tokenizer)["attention_mask"].sum())
+
+
 def expand_video(prompt, visual, b):
     """The prompt with its "<|vision_start|><|video_pad|><|vision_end|>" replaced by
     families.video_text."""

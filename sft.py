@@ -110,8 +110,7 @@ def encode_row(row, tokenizer, media):
         head, sep, tail = prompt.partition("<|vision_end|>")
         prompt, target = head + sep, tail + target
     target_ids = tokenizer(target, add_special_tokens=False).input_ids
-    n_visual = int(visual["grid_thw"].prod()) // data.MERGE_SIZE ** 2
-    n = len(tokenizer(prompt).input_ids) - 1 + n_visual
+    n = data.prompt_length(prompt, visual, tokenizer)
     return None if n + len(target_ids) > max_length else (prompt, visual, target_ids)
 
 

@@ -559,3 +559,14 @@ def test_prompt_once_under_ddp(ckpt3, loaded3, tmp_path):
 
 if __name__ == "__main__":
     ddp_half(sys.argv[1], sys.argv[2], mixed_batch3)
+
+
+def test_prompt_length_counts_the_timestamps(ckpt3):
+    """The length limits (sft max_length, tgrpo max_prompt_length) see the prompt as collate makes it:
+    on Qwen3-VL the timestamps and per-patch start/end tokens count too."""
+    tokenizer = AutoTokenizer.from_pretrained(ckpt3)
+    prompt = data.prompt_text(row("video", "Which way?"))
+    visual = video(8, 32, 32, 0)
+    n = data.collate([prompt], [visual], tokenizer)["input_ids"].shape[1]
+    bare = len(tokenizer(prompt).input_ids) - 1 + int(visual["grid_thw"].prod()) // 4
+    assert data.prompt_length(prompt, visual, tokenizer) == n > bare + 4 * 2

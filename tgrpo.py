@@ -235,8 +235,7 @@ def encode(row, tokenizer, media):
     frames, spt = data.load_frames(row, **media)                        # [T, 3, H, W]
     text = data.prompt_text(row, template=question_template)
     visual = data.make_visual(frames, spt, media.get("family", data.QWEN2_5_VL))
-    n_visual = int(visual["grid_thw"].prod()) // data.MERGE_SIZE ** 2
-    fits = len(tokenizer(text).input_ids) - 1 + n_visual <= max_prompt_length
+    fits = data.prompt_length(text, visual, tokenizer) <= max_prompt_length
     return (frames, spt, text, visual) if fits else None
 
 
