@@ -392,7 +392,7 @@ def collate(prompts, visuals, tokenizer):
 
 
 def prompt_length(prompt, visual, tokenizer):
-    """Tokens of a prompt once collate has expanded its vision pad (Qwen3-VL: with the timestamps)."""
+    """Tokens of a prompt once collate has expanded its vision pad (Qwen3-VL: timestamps too)."""
     return int(collate([prompt], [visual], tokenizer)["attention_mask"].sum())
 
 

@@ -562,8 +562,8 @@ if __name__ == "__main__":
 
 
 def test_prompt_length_counts_the_timestamps(ckpt3):
-    """The length limits (sft max_length, tgrpo max_prompt_length) see the prompt as collate makes it:
-    on Qwen3-VL the timestamps and per-patch start/end tokens count too."""
+    """The length limits (sft max_length, tgrpo max_prompt_length) see the prompt as collate makes
+    it: on Qwen3-VL the timestamps and per-patch start/end tokens count too."""
     tokenizer = AutoTokenizer.from_pretrained(ckpt3)
     prompt = data.prompt_text(row("video", "Which way?"))
     visual = video(8, 32, 32, 0)
