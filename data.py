@@ -30,7 +30,7 @@ import families
 from families import MERGE_SIZE, QWEN2_5_VL, TEMPORAL_PATCH_SIZE
 
 VIDEO_MIN_PIXELS = 128 * 28 * 28   # qwen-vl-utils default: small videos are scaled up to this
-SYSTEM_PROMPT = "You are a helpful assistant."
+SYSTEM_PROMPT = QWEN2_5_VL.system_prompt  # "You are a helpful assistant." (SPEC 1.2)
 VISION_PAD = {"video": "<|video_pad|>", "image": "<|image_pad|>"}
 DATA_TYPES = ("image", "video")
 
@@ -130,17 +130,19 @@ def question_text(row):
     return row["problem"]
 
 
-def prompt_text(row, template="train"):
+def prompt_text(row, template="train", family=QWEN2_5_VL):
     """The full ChatML prompt: system turn, user turn (vision pad first, then text), open assistant turn.
     template: "train" (SPEC 1.2), "eval" (the release's evaluation wording) or "plain" (the question
-    alone, as in instruction tuning: the demo's perception warm-up)."""
+    alone, as in instruction tuning: the demo's perception warm-up). The system turn is the one the
+    family's chat template adds by default (Qwen3-VL: none)."""
     if template == "plain":
         user = question_text(row)
     else:
         question_template = {"train": QUESTION_TEMPLATE, "eval": QUESTION_TEMPLATE_EVAL}[template]
         user = question_template.format(Question=question_text(row)) + TYPE_TEMPLATE[row["problem_type"]]
     pad = VISION_PAD[row["data_type"]]
-    return (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
+    system = family.system_prompt and f"<|im_start|>system\n{family.system_prompt}<|im_end|>\n"
+    return (f"{system}<|im_start|>user\n"
             f"<|vision_start|>{pad}<|vision_end|>{user}<|im_end|>\n<|im_start|>assistant\n")
 
 

@@ -327,7 +327,7 @@ def batch_inputs(batch_jobs, frames_of):
             gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
             frames, spt = data.shuffle_video(frames, spt, gen, shuffle_level,
                                              shuffle_timestamps)  # [T, 3, H, W]
-        prompts.append(data.prompt_text(row, template=template))
+        prompts.append(data.prompt_text(row, template, family))
         visuals.append(data.make_visual(frames, spt, family))
         rec.update(status="ok", load_s=time.time() - t0)
     return records, prompts, visuals

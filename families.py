@@ -33,6 +33,7 @@ class Family:
     image_std: tuple
     timestamps: bool         # video time as text "<t seconds>" before each temporal patch
     deepstack: bool          # vision levels added to the first language layers' hidden states
+    system_prompt: str       # the system turn the chat template adds when none is given ("": none)
     lora_targets: dict       # LoRA part -> PEFT full-match regex over the module names
 
     @property
@@ -48,17 +49,17 @@ LANGUAGE_LORA = (r"model\.language_model\.layers\.\d+\."
 QWEN2_5_VL = Family(
     name="qwen2_5_vl", model_class=Qwen2_5_VLForConditionalGeneration, patch_size=14,
     image_mean=(0.48145466, 0.4578275, 0.40821073), image_std=(0.26862954, 0.26130258, 0.27577711),
-    timestamps=False, deepstack=False,
+    timestamps=False, deepstack=False, system_prompt="You are a helpful assistant.",
     lora_targets={"language": LANGUAGE_LORA,
                   "vision": r"model\.visual\.(blocks\.\d+\.(attn\.(qkv|proj)"
                             r"|mlp\.(gate|up|down)_proj)|merger\.mlp\.[02])"})
 
 # Qwen3-VL: SigLIP-2 statistics (mean = std = 0.5); plain 2-layer vision MLPs, and one merger per
-# DeepStack level beside the final one.
+# DeepStack level beside the final one; the chat template adds no system turn.
 QWEN3_VL = Family(
     name="qwen3_vl", model_class=Qwen3VLForConditionalGeneration, patch_size=16,
     image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
-    timestamps=True, deepstack=True,
+    timestamps=True, deepstack=True, system_prompt="",
     lora_targets={"language": LANGUAGE_LORA,
                   "vision": r"model\.visual\.(blocks\.\d+\.(attn\.(qkv|proj)|mlp\.linear_fc[12])"
                             r"|(merger|deepstack_merger_list\.\d+)\.linear_fc[12])"})

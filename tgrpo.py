@@ -232,9 +232,10 @@ def step_rows(rows, step, world_size, rank):
 def encode(row, tokenizer, media):
     """A row's prompt: (frames [T, 3, H, W], seconds per patch, prompt text, visual), or None when
     it is over max_prompt_length. Raises data.MediaError when its media cannot be loaded."""
+    family = media.get("family", data.QWEN2_5_VL)
     frames, spt = data.load_frames(row, **media)                        # [T, 3, H, W]
-    text = data.prompt_text(row, template=question_template)
-    visual = data.make_visual(frames, spt, media.get("family", data.QWEN2_5_VL))
+    text = data.prompt_text(row, question_template, family)
+    visual = data.make_visual(frames, spt, family)
     fits = data.prompt_length(text, visual, tokenizer) <= max_prompt_length
     return (frames, spt, text, visual) if fits else None
 
