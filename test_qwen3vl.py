@@ -80,10 +80,10 @@ def mixed_batch3(tokenizer, family=QWEN3_VL):
         video(6, 64, 128, 2, fps=3.0, indices=[0, 3, 7, 10, 14, 17], family=family),
     ]
     prompts = [
-        data.prompt_text(row("video", "Which way does it move?")),
-        data.prompt_text(row("image", "What colour?")),
+        data.prompt_text(row("video", "Which way does it move?"), "train", family),
+        data.prompt_text(row("image", "What colour?"), "train", family),
         text_prompt("How many squares are there? Please think."),
-        data.prompt_text(row("video", "Why?")),
+        data.prompt_text(row("video", "Why?"), "train", family),
     ]
     return data.collate(prompts, visuals, tokenizer)
 
@@ -101,6 +101,16 @@ def test_load_by_family_and_refuse_what_does_not_load(ckpt3, loaded3, tmp_path):
         "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>Why?<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
+    # data.prompt_text follows the family's template: no default system turn on Qwen3-VL
+    r = row("video", "Why?")
+    question = data.QUESTION_TEMPLATE.format(Question=data.question_text(r))
+    text = question + data.TYPE_TEMPLATE[r["problem_type"]]
+    user = [{"type": "video"}, {"type": "text", "text": text}]
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                             add_generation_prompt=True)
+    assert data.prompt_text(r, "train", QWEN3_VL) == rendered
+    system = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    assert data.prompt_text(r) == system + rendered  # Qwen2.5-VL's default
     supported = r"supported: \['qwen2_5_vl', 'qwen3_vl', 'qwen3_vl_moe'\]"
     with pytest.raises(ValueError, match=supported):
         families.of("llava")
@@ -435,7 +445,14 @@ def test_qwen3vl_8b_widths_match_hf(ckpt3):
         torch.manual_seed(0)
         model = Qwen3VLForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    batch = mixed_batch3(tokenizer)
+    # mixed_batch3's layout behind short questions (text tokens cost the most at these widths)
+    chat = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+    pad = {kind: f"<|vision_start|><|{kind}_pad|><|vision_end|>" for kind in ("video", "image")}
+    questions = [pad["video"] + "Why?", pad["image"] + "Red?", "How many squares?", pad["video"]]
+    prompts = [chat.format(q) for q in questions]
+    visuals = [video(4, 128, 128, 0), image(64, 96, 1), None,
+               video(6, 64, 128, 2, fps=3.0, indices=[0, 3, 7, 10, 14, 17])]
+    batch = data.collate(prompts, visuals, tokenizer)
     inputs = hf_inputs(batch["input_ids"], batch["visuals"], model.config)
     theirs, _ = model.model.get_rope_index(
         batch["input_ids"],
