@@ -26,6 +26,7 @@ video_min_pixels = 128 * 28 * 28
 video_max_pixels = 128 * 28 * 28
 image_min_pixels = 4 * 28 * 28
 image_max_pixels = 256 * 28 * 28
+family = "qwen2_5_vl"                   # the model's: frame sides in its units (qwen3_vl: 32 pixels)
 require_process = False                 # True for the COT file: every row needs its <think>
 workers = os.cpu_count() or 1           # decoding processes
 report = ""                             # report path (default: <file name>.check.tsv here)
@@ -39,6 +40,7 @@ import decord
 import torch
 
 import data
+import families
 
 
 def _quiet_worker():
@@ -134,7 +136,7 @@ def main(file):
     not."""
     cfg = {k: globals()[k] for k in config}
     t0 = time.time()
-    media = data.media_settings(cfg)
+    media = data.media_settings(cfg, families.of(family))
     items, problems = check_rows(file, data_dir, require_process, workers, **media)
     seconds = time.time() - t0
     out = report or os.path.splitext(os.path.basename(file))[0] + ".check.tsv"

@@ -5,8 +5,11 @@
     visual = make_visual(frames, spg)                        # pixel_values [N,1176], grid_thw (t,h,w)
     batch = collate([prompt_text(rows[0])], [visual], tok)   # left-padded ids with the pad token expanded
 
-Vision follows the Qwen2.5-VL conventions (SPEC 1.3): sides are multiples of 28, 14x14 patches, two
-frames per temporal patch, 2x2 patches merged into one LLM token, so a visual costs t*h*w/4 tokens.
+Vision follows the model family's conventions (families.py; Qwen2.5-VL's are SPEC 1.3): sides are
+multiples of 28 (Qwen3-VL: 32), 14x14 (16x16) patches, two frames per temporal patch, 2x2 patches
+merged into one LLM token, so a visual costs t*h*w/4 tokens. Every function that depends on the
+family takes `family` (default Qwen2.5-VL); a visual dict records its family's name, and the model
+checks it.
 Resizing is bicubic with antialiasing on uint8 pixels, as in qwen-vl-utils (which the release used): images
 with PIL (bit-exact with the Hugging Face PIL image processor), videos with torch (what torchvision runs; fast,
 within one grey level of PIL).
@@ -23,13 +26,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-PATCH_SIZE = 14           # ViT patch side in pixels
-TEMPORAL_PATCH_SIZE = 2   # frames per patch: a video patch is 2 consecutive frames, an image is repeated twice
-MERGE_SIZE = 2            # 2x2 neighbouring patches become one LLM token, so sides are multiples of 28
-IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP statistics, what the Qwen2.5-VL ViT was trained with
-IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
+import families
+from families import MERGE_SIZE, QWEN2_5_VL, TEMPORAL_PATCH_SIZE
+
 VIDEO_MIN_PIXELS = 128 * 28 * 28   # qwen-vl-utils default: small videos are scaled up to this
-SYSTEM_PROMPT = "You are a helpful assistant."
+SYSTEM_PROMPT = QWEN2_5_VL.system_prompt  # "You are a helpful assistant." (SPEC 1.2)
 VISION_PAD = {"video": "<|video_pad|>", "image": "<|image_pad|>"}
 DATA_TYPES = ("image", "video")
 
@@ -129,17 +130,19 @@ def question_text(row):
     return row["problem"]
 
 
-def prompt_text(row, template="train"):
+def prompt_text(row, template="train", family=QWEN2_5_VL):
     """The full ChatML prompt: system turn, user turn (vision pad first, then text), open assistant turn.
     template: "train" (SPEC 1.2), "eval" (the release's evaluation wording) or "plain" (the question
-    alone, as in instruction tuning: the demo's perception warm-up)."""
+    alone, as in instruction tuning: the demo's perception warm-up). The system turn is the one the
+    family's chat template adds by default (Qwen3-VL: none)."""
     if template == "plain":
         user = question_text(row)
     else:
         question_template = {"train": QUESTION_TEMPLATE, "eval": QUESTION_TEMPLATE_EVAL}[template]
         user = question_template.format(Question=question_text(row)) + TYPE_TEMPLATE[row["problem_type"]]
     pad = VISION_PAD[row["data_type"]]
-    return (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
+    system = family.system_prompt and f"<|im_start|>system\n{family.system_prompt}<|im_end|>\n"
+    return (f"{system}<|im_start|>user\n"
             f"<|vision_start|>{pad}<|vision_end|>{user}<|im_end|>\n<|im_start|>assistant\n")
 
 
@@ -149,7 +152,7 @@ def sft_target(row):
     return row["process"] + "\n" + row["solution"]
 
 
-def smart_resize(height, width, min_pixels, max_pixels, factor=PATCH_SIZE * MERGE_SIZE):
+def smart_resize(height, width, min_pixels, max_pixels, factor=QWEN2_5_VL.factor):
     """Sides rounded to multiples of `factor`, aspect kept, area scaled into [min_pixels, max_pixels].
 
     smart_resize(1080, 1920, 4*28*28, 128*28*28) -> (224, 420); smart_resize(10, 10, 56*56, 10**6) -> (56, 56)
@@ -200,10 +203,13 @@ def _check_file(path, kind):
         raise MediaError(f"{kind} is an empty file: {path}")
 
 
-def load_video(path, max_frames=16, fps=2.0, min_pixels=VIDEO_MIN_PIXELS, max_pixels=128 * 28 * 28):
-    """Decode the frames picked by video_frame_indices -> (frames [T,3,H,W] in [0,1], second_per_grid_t).
+def load_video(path, max_frames=16, fps=2.0, min_pixels=VIDEO_MIN_PIXELS, max_pixels=128 * 28 * 28,
+               family=QWEN2_5_VL):
+    """Decode the frames picked by video_frame_indices -> (frames [T,3,H,W] in [0,1], time).
 
-    second_per_grid_t = seconds covered by one 2-frame patch; a 4 s clip sampled at 8 frames -> 2/(8/4) = 1.0.
+    time, in the family's form: Qwen2.5-VL second_per_grid_t = seconds covered by one 2-frame patch
+    (a 4 s clip sampled at 8 frames -> 2/(8/4) = 1.0); Qwen3-VL the list of each sampled frame's
+    time in seconds, frame index / the video's fps (the processor's rule; timestamps come from it).
     A max_pixels below min_pixels wins: load_video(p, max_pixels=56*56) gives 56x56 frames, not upscaled ones.
     Raises MediaError for a missing, empty, damaged or too short file.
     """
@@ -214,8 +220,9 @@ def load_video(path, max_frames=16, fps=2.0, min_pixels=VIDEO_MIN_PIXELS, max_pi
         total, native_fps = len(vr), vr.get_avg_fps()
         if not native_fps > 0:
             raise ValueError(f"bad frame rate {native_fps}")
-        frames = vr.get_batch(video_frame_indices(total, native_fps, max_frames, fps)).asnumpy()  # [T,H,W,3] uint8
-        h, w = smart_resize(frames.shape[1], frames.shape[2], min_pixels, max_pixels)
+        indices = video_frame_indices(total, native_fps, max_frames, fps)
+        frames = vr.get_batch(indices).asnumpy()  # [T,H,W,3] uint8
+        h, w = smart_resize(frames.shape[1], frames.shape[2], min_pixels, max_pixels, family.factor)
     # Whatever fails here is the file's fault: decord raises RuntimeError when it cannot open a file and
     # DECORDError (a plain Exception) when the metadata or frame data are damaged; video_frame_indices and
     # smart_resize raise ValueError for a video too short or too thin to use.
@@ -224,11 +231,13 @@ def load_video(path, max_frames=16, fps=2.0, min_pixels=VIDEO_MIN_PIXELS, max_pi
     frames = torch.from_numpy(frames).permute(0, 3, 1, 2)  # [T,3,H,W] uint8
     if (h, w) != frames.shape[2:]:
         frames = torch.nn.functional.interpolate(frames, size=(h, w), mode="bicubic", antialias=True)  # [T,3,h,w]
+    if family.timestamps:
+        return frames.float() / 255, [i / native_fps for i in indices]
     effective_fps = len(frames) / (total / native_fps)
     return frames.float() / 255, TEMPORAL_PATCH_SIZE / effective_fps
 
 
-def load_image(path, min_pixels=4 * 28 * 28, max_pixels=256 * 28 * 28):
+def load_image(path, min_pixels=4 * 28 * 28, max_pixels=256 * 28 * 28, family=QWEN2_5_VL):
     """Read an image as RGB (transparency composited on white) -> frames [1,3,H,W] in [0,1].
     Raises MediaError for a missing, empty or damaged file, or one that is not an image."""
     _check_file(path, "image")
@@ -237,7 +246,7 @@ def load_image(path, min_pixels=4 * 28 * 28, max_pixels=256 * 28 * 28):
             if img.mode in ("RGBA", "LA") or "transparency" in img.info:
                 img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img.convert("RGBA"))
             img = img.convert("RGB")
-            h, w = smart_resize(img.height, img.width, min_pixels, max_pixels)
+            h, w = smart_resize(img.height, img.width, min_pixels, max_pixels, family.factor)
             pixels = np.array(img.resize((w, h), Image.BICUBIC))  # [h,w,3] uint8; no-op when the size is right
     # PIL raises UnidentifiedImageError (an OSError) for what it cannot open, OSError for truncated or damaged
     # pixel data, DecompressionBombError (a plain Exception) for huge images, and more from its plugins;
@@ -247,26 +256,29 @@ def load_image(path, min_pixels=4 * 28 * 28, max_pixels=256 * 28 * 28):
     return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255  # [1,3,h,w]
 
 
-def patchify(frames):
-    """frames [T,3,H,W] in [0,1] -> (pixel_values [t*h*w, 3*2*14*14], grid_thw LongTensor [3] = (t, h, w)).
+def patchify(frames, family=QWEN2_5_VL):
+    """frames [T,3,H,W] in [0,1] -> (pixel_values [t*h*w, 3*2*p*p], grid_thw LongTensor (t, h, w)).
 
-    CLIP-normalises, then orders patches as the HF Qwen2-VL processor: temporal patch, then 2x2 merge windows
+    Normalises with the family's statistics (p = its patch size: 14, Qwen3-VL 16), then orders
+    patches as the HF Qwen2-VL processor: temporal patch, then 2x2 merge windows
     row-major, then the 4 patches inside a window. An 8x3x56x56 video -> grid (4,4,4), 64 patches, 16 tokens.
     An odd T repeats the last frame (a single image becomes two identical frames).
     """
     T, C, H, W = frames.shape
-    if C != 3 or H % (PATCH_SIZE * MERGE_SIZE) or W % (PATCH_SIZE * MERGE_SIZE):
-        raise ValueError(f"frames must be [T,3,H,W] with H, W multiples of 28, got {tuple(frames.shape)}")
+    if C != 3 or H % family.factor or W % family.factor:
+        raise ValueError(f"frames must be [T,3,H,W] with H, W multiples of {family.factor}, "
+                         f"got {tuple(frames.shape)}")
     if T % TEMPORAL_PATCH_SIZE:
         frames = torch.cat([frames, frames[-1:].expand(TEMPORAL_PATCH_SIZE - T % TEMPORAL_PATCH_SIZE, -1, -1, -1)])
-    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(family.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(family.image_std).view(1, 3, 1, 1)
     x = (frames.float() - mean) / std                                    # [T,3,H,W]
-    t, h, w = x.shape[0] // TEMPORAL_PATCH_SIZE, H // PATCH_SIZE, W // PATCH_SIZE
-    m, p = MERGE_SIZE, PATCH_SIZE
+    p = family.patch_size
+    t, h, w = x.shape[0] // TEMPORAL_PATCH_SIZE, H // p, W // p
+    m = MERGE_SIZE
     x = x.reshape(t, TEMPORAL_PATCH_SIZE, 3, h // m, m, p, w // m, m, p)  # [t,2,C,h/m,m,p,w/m,m,p]
     x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)                            # [t,h/m,w/m,m,m,C,2,p,p]
-    pixel_values = x.reshape(t * h * w, 3 * TEMPORAL_PATCH_SIZE * p * p)  # [N,1176]
+    pixel_values = x.reshape(t * h * w, 3 * TEMPORAL_PATCH_SIZE * p * p)  # [N,1176] (Qwen3-VL 1536)
     return pixel_values, torch.tensor([t, h, w])
 
 
@@ -278,46 +290,78 @@ def shuffle_frames(frames, generator, level="frame"):
     The permutation is redrawn while it is the identity (a "shuffled" video in its true order would teach
     nothing), so a 2-frame video is always reversed; one frame / one group cannot be shuffled and is returned.
     """
+    return frames[shuffle_order(len(frames), generator, level).to(frames.device)]
+
+
+def shuffle_video(frames, time, generator, level="frame", timestamps="keep"):
+    """T-GRPO's shuffled copy of a video: (frames permuted by shuffle_order, its time).
+
+    Qwen2.5-VL's time (seconds per patch) is the same for every patch: nothing to move. Qwen3-VL's
+    time is one number per frame, from which each temporal patch's text timestamp is made:
+    timestamps="keep" leaves them in order (the prompt differs from the ordered one only in its
+    visual features, as on Qwen2.5-VL); "follow" moves each frame's time with the frame, so a
+    patch's timestamp becomes the mean of its two frames' original times (after a frame-level
+    shuffle two unrelated frames: frames 7 and 2 at 2 fps -> "<2.2 seconds>", a time neither had).
+    """
+    if timestamps not in ("keep", "follow"):
+        raise ValueError(f"shuffle_timestamps must be 'keep' or 'follow', got {timestamps!r}")
+    order = shuffle_order(len(frames), generator, level)  # [T]
+    if timestamps == "follow" and isinstance(time, list):
+        time = [time[i] for i in order.tolist()]
+    return frames[order.to(frames.device)], time
+
+
+def shuffle_order(T, generator, level="frame"):
+    """The frame order [T] shuffle_frames applies (what a caller needs to move frame times too)."""
     unit = {"frame": 1, "patch": TEMPORAL_PATCH_SIZE}[level]
-    if len(frames) % unit:
-        raise ValueError(f"patch-level shuffle needs an even number of frames, got {len(frames)}")
-    n = len(frames) // unit
+    if T % unit:
+        raise ValueError(f"patch-level shuffle needs an even number of frames, got {T}")
+    n = T // unit
     perm = torch.randperm(n, generator=generator)
     while n > 1 and torch.equal(perm, torch.arange(n)):
         perm = torch.randperm(n, generator=generator)
-    order = (perm[:, None] * unit + torch.arange(unit)).flatten()  # [T] frame order
-    return frames[order.to(frames.device)]
+    return (perm[:, None] * unit + torch.arange(unit)).flatten()  # [T] frame order
 
 
 def load_frames(row, max_frames=16, fps=2.0, video_min_pixels=VIDEO_MIN_PIXELS, video_max_pixels=128 * 28 * 28,
-                image_min_pixels=4 * 28 * 28, image_max_pixels=256 * 28 * 28):
-    """Frames of a loaded row -> (frames [T,3,H,W], second_per_grid_t for videos or None for images).
+                image_min_pixels=4 * 28 * 28, image_max_pixels=256 * 28 * 28, family=QWEN2_5_VL):
+    """Frames of a loaded row -> (frames [T,3,H,W], the video's time (load_video), None for images).
     Raises MediaError (naming the file) when the media cannot be used."""
     if row["data_type"] == "video":
-        return load_video(row["media"], max_frames, fps, video_min_pixels, video_max_pixels)
-    return load_image(row["media"], image_min_pixels, image_max_pixels), None
+        return load_video(row["media"], max_frames, fps, video_min_pixels, video_max_pixels, family)
+    return load_image(row["media"], image_min_pixels, image_max_pixels, family), None
 
 
 MEDIA_KEYS = ("max_frames", "fps", "video_min_pixels", "video_max_pixels", "image_min_pixels", "image_max_pixels")
 
 
-def media_settings(config):
-    """load_frames' keywords out of a script's config: data.load_frames(row, **media_settings(config))."""
-    return {k: config[k] for k in MEDIA_KEYS}
+def media_settings(config, family=QWEN2_5_VL):
+    """load_frames' keywords out of a script's config and the model's family:
+    data.load_frames(row, **media_settings(config, family)). A media dict without "family" means
+    Qwen2.5-VL, load_frames' default: make_visual(frames, time, media.get("family", QWEN2_5_VL))."""
+    return {**{k: config[k] for k in MEDIA_KEYS}, "family": family}
 
 
-def make_visual(frames, second_per_grid_t):
-    """The visual dict the model consumes; kind is "image" when second_per_grid_t is None."""
-    pixel_values, grid_thw = patchify(frames)
-    return {"kind": "image" if second_per_grid_t is None else "video", "pixel_values": pixel_values,
-            "grid_thw": grid_thw, "second_per_grid_t": second_per_grid_t}
+def make_visual(frames, time, family=QWEN2_5_VL):
+    """The visual dict the model consumes; kind is "image" when time is None, else time is
+    load_video's.
+    Qwen3-VL videos get "timestamps": one per temporal patch (families.patch_timestamps)."""
+    pixel_values, grid_thw = patchify(frames, family)
+    visual = {"kind": "image" if time is None else "video", "family": family.name,
+              "pixel_values": pixel_values, "grid_thw": grid_thw, "second_per_grid_t": time}
+    if family.timestamps and time is not None:
+        if len(time) != len(frames):
+            raise ValueError(f"{len(time)} frame times for {len(frames)} frames")
+        visual |= {"second_per_grid_t": None, "timestamps": families.patch_timestamps(time)}
+    return visual
 
 
 def collate(prompts, visuals, tokenizer):
     """Tokenise prompts, expand each vision pad to grid_thw.prod() // 4 copies, left-pad into a batch.
 
-    A video of grid (4,4,4) turns its one <|video_pad|> into 16. Left padding keeps every prompt's last
-    token in the last column, where generation continues.
+    A video of grid (4,4,4) turns its one <|video_pad|> into 16 (Qwen3-VL: into 4 timestamped groups
+    of 4, families.video_text). Left padding keeps every prompt's last token in the last column,
+    where generation continues.
     -> {"input_ids": [B,L], "attention_mask": [B,L], "visuals": visuals}
     """
     pad_ids = {kind: tokenizer.convert_tokens_to_ids(tok) for kind, tok in VISION_PAD.items()}
@@ -331,7 +375,11 @@ def collate(prompts, visuals, tokenizer):
         if counts != want:
             raise ValueError(f"prompt {b}: expected placeholders {want} for a {visual and visual['kind']} input, "
                              f"found {counts}")
-        if visual is not None:
+        timestamped = visual is not None and visual["kind"] == "video" and \
+            families.of(visual["family"]).timestamps
+        if timestamped:
+            ids = tokenizer.encode(expand_video(prompt, visual, b), add_special_tokens=False)
+        elif visual is not None:
             i = ids.index(pad_ids[visual["kind"]])
             n = int(visual["grid_thw"].prod()) // MERGE_SIZE**2
             ids = ids[:i] + [pad_ids[visual["kind"]]] * n + ids[i + 1:]
@@ -343,6 +391,21 @@ def collate(prompts, visuals, tokenizer):
         input_ids[b, L - len(s):] = torch.tensor(s)
         attention_mask[b, L - len(s):] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "visuals": list(visuals)}
+
+
+def prompt_length(prompt, visual, tokenizer):
+    """Tokens of a prompt once collate has expanded its vision pad (Qwen3-VL: timestamps too)."""
+    return int(collate([prompt], [visual], tokenizer)["attention_mask"].sum())
+
+
+def expand_video(prompt, visual, b):
+    """The prompt with its "<|vision_start|><|video_pad|><|vision_end|>" replaced by
+    families.video_text."""
+    placeholder = "<|vision_start|>" + VISION_PAD["video"] + "<|vision_end|>"
+    if prompt.count(placeholder) != 1:
+        raise ValueError(f"prompt {b}: expected one {placeholder!r}")
+    return prompt.replace(placeholder, families.video_text(families.of(visual["family"]), visual,
+                                                           VISION_PAD["video"]))
 
 
 def prefetch(fn, items):

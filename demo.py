@@ -7,6 +7,7 @@ ordered and shuffled frames, before and after RL.
 
 Each stage is an ordinary script with its demo config, so any of them can be re-run alone:
     python demo.py assets                           # only the world, the tiny model and its warm-up
+    python demo.py --family=qwen3_vl                # all on a tiny Qwen3-VL (config/*_qwen3vl.py)
     python sft.py config/sft_demo.py
     python tgrpo.py config/tgrpo_demo.py            # + config/tgrpo_grpo.py: plain GRPO
     python eval.py config/eval_demo.py --model_path=out/tgrpo_demo --shuffle=True
@@ -20,12 +21,20 @@ import subprocess
 import sys
 
 import demo_world
+import families
 
 DEMO_WORLD = "demo/world"                  # synthetic videos, images and the dataset files
 DEMO_MODEL = "demo/tiny-qwen2.5-vl"        # random-weight Qwen2.5-VL with a small tokenizer
 DEMO_PRETRAINED = "demo/tiny-qwen2.5-vl-warm"  # DEMO_MODEL after the perception warm-up: the demo's "Instruct"
 SFT_DEMO = "out/sft_demo"                  # where sft.py's demo writes; tgrpo.py's demo starts here
 TGRPO_DEMO = "out/tgrpo_demo"
+# The same demo on a tiny Qwen3-VL: its own checkpoints and outputs, each stage's demo config
+# followed by the overlay config/<stage>_demo_qwen3vl.py (128x128 frames, the paths below).
+QWEN3_DEMO = {"model": "demo/tiny-qwen3-vl", "warm": "demo/tiny-qwen3-vl-warm",
+              "sft": "out/sft_demo_qwen3vl", "tgrpo": "out/tgrpo_demo_qwen3vl",
+              "eval": "out/eval_{}_demo_qwen3vl"}
+QWEN25_DEMO = {"model": DEMO_MODEL, "warm": DEMO_PRETRAINED, "sft": SFT_DEMO, "tgrpo": TGRPO_DEMO,
+               "eval": "out/eval_{}_demo"}
 
 
 # Qwen2.5's added tokens, in their real id order (151643...). The first 14 are special tokens (skipped
@@ -35,6 +44,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_s
                   "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
 ADDED_TOKENS = ["<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
                 "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
+QWEN3_ADDED_TOKENS = ["<tool_response>", "</tool_response>", "<think>", "</think>"]  # Qwen3's
 # Qwen2's pre-tokenizer split (words, single digits, punctuation runs, newlines, spaces).
 PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 # ChatML as Qwen2.5-VL renders it: default system turn, visuals before text inside a user turn.
@@ -51,11 +61,16 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+QWEN3_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(  # Qwen3-VL-Instruct renders no default system turn
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+    "You are a helpful assistant.<|im_end|>\n{% endif %}", "")
 
 
 def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64, num_layers=2,
-                         vision_hidden_size=64, vision_depth=2, rope_theta=10.0):
-    """Write a random-weight Qwen2.5-VL and a byte-level BPE tokenizer trained on `texts` to `out_dir`.
+                         vision_hidden_size=64, vision_depth=2, rope_theta=10.0,
+                         model_type="qwen2_5_vl"):
+    """Write a random-weight Qwen2.5-VL (model_type="qwen3_vl": Qwen3-VL, DeepStack included) and a
+    byte-level BPE tokenizer with the family's special tokens, trained on `texts`, to `out_dir`.
 
     Real architecture, toy sizes: trains on a laptop CPU in minutes. The layout is the standard HF one
     (config.json, generation_config.json, model.safetensors, tokenizer.json, tokenizer_config.json) so
@@ -67,8 +82,10 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
     """
     import torch
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import AutoTokenizer, GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoTokenizer, GenerationConfig, Qwen2_5_VLConfig
     from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
+    qwen3 = model_type in ("qwen3_vl", "qwen3_vl_moe")
+    added = ADDED_TOKENS + QWEN3_ADDED_TOKENS * qwen3
 
     # 1. tokenizer: Qwen2's byte-level BPE pipeline, trained on the given texts
     bpe = Tokenizer(models.BPE())
@@ -77,16 +94,16 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
         pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(SPECIAL_TOKENS) - len(ADDED_TOKENS),
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(SPECIAL_TOKENS) - len(added),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     bpe.train_from_iterator(list(texts), trainer)
     # appended after the BPE vocabulary, in Qwen's order, like the real tokenizer
     bpe.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-    bpe.add_tokens([AddedToken(t, special=False, normalized=False) for t in ADDED_TOKENS])
+    bpe.add_tokens([AddedToken(t, special=False, normalized=False) for t in added])
     tokenizer = Qwen2Tokenizer(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                unk_token=None, model_max_length=32768, clean_up_tokenization_spaces=False)
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})  # known as special
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE if qwen3 else CHAT_TEMPLATE
     tokenizer.save_pretrained(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(out_dir)  # ids exactly as a loader will see them
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
@@ -112,26 +129,74 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False)
+    if qwen3:  # Qwen3-VL at the same toy sizes instead
+        config = tiny_qwen3_vl_config(ids, len(tokenizer), hidden_size, num_layers,
+                                      vision_hidden_size, vision_depth, rope_theta,
+                                      moe=model_type == "qwen3_vl_moe")
     with torch.random.fork_rng():  # seeded init without disturbing the caller's RNG
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
+        model = families.of(config).model_class(config)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]])
     model.save_pretrained(out_dir)
 
 
-def ensure_demo_assets(warm=True):
-    """Build what is missing of the demo's assets: the world, the tiny checkpoint and (warm) its perception
-    warm-up. The stage scripts never build anything: pointed at a missing folder they say to run this."""
+def tiny_qwen3_vl_config(ids, vocab_size, hidden_size, num_layers, vision_hidden_size, vision_depth,
+                         rope_theta, moe=False):
+    """Qwen3-VL at toy sizes: head_dim 16, interleaved M-RoPE with Qwen3-VL's [24, 20, 20] split
+    scaled to 8 frequencies ([4, 2, 2]), DeepStack from every vision block into the first language
+    layers (one more language layer than levels, so a layer without DeepStack runs too).
+    moe: Qwen3-VL-MoE, 4 experts of which 2 per token in every language layer."""
+    from transformers import Qwen3VLConfig, Qwen3VLMoeConfig
+    half = 16 // 2
+    spatial = half * 20 // 64
+    experts = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden_size,
+                   decoder_sparse_step=1) if moe else {}
+    return (Qwen3VLMoeConfig if moe else Qwen3VLConfig)(
+        text_config=dict(**experts, vocab_size=vocab_size, hidden_size=hidden_size,
+                         intermediate_size=2 * hidden_size, num_hidden_layers=num_layers + 1,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         max_position_embeddings=32768, rms_norm_eps=1e-6,
+                         rope_parameters=dict(rope_type="default", rope_theta=rope_theta,
+                                              mrope_section=[half - 2 * spatial, spatial, spatial],
+                                              mrope_interleaved=True),
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(depth=vision_depth, hidden_size=vision_hidden_size,
+                           intermediate_size=2 * vision_hidden_size, num_heads=4,
+                           out_hidden_size=hidden_size, patch_size=16, temporal_patch_size=2,
+                           spatial_merge_size=2, num_position_embeddings=64,
+                           deepstack_visual_indexes=list(range(vision_depth))),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False)
+
+
+def ensure_demo_assets(warm=True, model_type="qwen2_5_vl"):
+    """Build what is missing of the demo's assets: the world, the family's tiny checkpoint and
+    (warm) its perception warm-up. The stage scripts never build anything: pointed at a missing
+    folder they say to run this."""
+    paths, overlay = demo_paths(model_type)
     if not os.path.isfile(os.path.join(DEMO_WORLD, "rl.json")):
         _atomic_build(DEMO_WORLD, lambda tmp: demo_world.make_demo_world(tmp))
-    if not os.path.isfile(os.path.join(DEMO_MODEL, "config.json")):
+    if not os.path.isfile(os.path.join(paths["model"], "config.json")):
         texts = demo_world.demo_texts(DEMO_WORLD)
-        _atomic_build(DEMO_MODEL, lambda tmp: make_tiny_checkpoint(tmp, texts))
-    if warm and not os.path.isdir(DEMO_PRETRAINED):
-        print(f"building {DEMO_PRETRAINED}: the perception warm-up of {DEMO_MODEL}, a few minutes", flush=True)
-        _atomic_build(DEMO_PRETRAINED, lambda tmp: run("sft.py", "config/warmup_demo.py", f"--out_dir={tmp}"))
+        _atomic_build(paths["model"],
+                      lambda tmp: make_tiny_checkpoint(tmp, texts, model_type=model_type))
+    if warm and not os.path.isdir(paths["warm"]):
+        print(f"building {paths['warm']}: the perception warm-up of {paths['model']}, "
+              f"a few minutes", flush=True)
+        _atomic_build(paths["warm"], lambda tmp: run("sft.py", "config/warmup_demo.py",
+                                                     *overlay("warmup"), f"--out_dir={tmp}"))
+
+
+def demo_paths(model_type):
+    """(the family's demo paths, stage -> overlay config files to put after its demo config)."""
+    if model_type == "qwen3_vl":
+        return QWEN3_DEMO, lambda stage: [f"config/{stage}_demo_qwen3vl.py"]
+    families.of(model_type)  # an unknown family fails here
+    return QWEN25_DEMO, lambda stage: []
 
 
 def _atomic_build(path, build):
@@ -235,26 +300,33 @@ def text_curve(metrics_path, key="reward", bins=10):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] not in ([], ["assets"]):
-        sys.exit("usage: python demo.py [assets]   (assets: only build the world and the tiny models)")
-    ensure_demo_assets()
-    print(f"demo world in {DEMO_WORLD}, tiny checkpoint in {DEMO_MODEL}, warmed up in {DEMO_PRETRAINED}")
-    if sys.argv[1:] == ["assets"]:
+    args = [a for a in sys.argv[1:] if not a.startswith("--family=")]
+    model_type = ([a[len("--family="):] for a in sys.argv[1:] if a not in args]
+                  or ["qwen2_5_vl"])[-1]
+    if args not in ([], ["assets"]):
+        sys.exit("usage: python demo.py [assets] [--family=qwen3_vl]   (assets: only build the "
+                 "world and the tiny models)")
+    ensure_demo_assets(model_type=model_type)
+    paths, overlay = demo_paths(model_type)
+    print(f"demo world in {DEMO_WORLD}, tiny checkpoint in {paths['model']}, "
+          f"warmed up in {paths['warm']}")
+    if args == ["assets"]:
         sys.exit(0)
-    for d in (SFT_DEMO, TGRPO_DEMO, "out/eval_sft_demo", "out/eval_tgrpo_demo"):
+    evals = {"SFT": paths["eval"].format("sft"), "SFT + T-GRPO": paths["eval"].format("tgrpo")}
+    for d in (paths["sft"], paths["tgrpo"], *evals.values()):
         shutil.rmtree(d, ignore_errors=True)  # a fresh start: old checkpoints or answers would be reused
-    run("sft.py", "config/sft_demo.py")
-    run("tgrpo.py", "config/tgrpo_demo.py")
-    evals = {"SFT": "out/eval_sft_demo", "SFT + T-GRPO": "out/eval_tgrpo_demo"}
-    for (name, out), model in zip(evals.items(), (SFT_DEMO, TGRPO_DEMO)):
-        run("eval.py", "config/eval_demo.py", f"--model_path={model}", "--shuffle=True", f"--out_dir={out}")
+    run("sft.py", "config/sft_demo.py", *overlay("sft"))
+    run("tgrpo.py", "config/tgrpo_demo.py", *overlay("tgrpo"))
+    for (name, out), model in zip(evals.items(), (paths["sft"], paths["tgrpo"])):
+        run("eval.py", "config/eval_demo.py", *overlay("eval"), f"--model_path={model}",
+            "--shuffle=True", f"--out_dir={out}")
     scores = {"chance (blind guess)": score_records(chance_records())}
     scores.update({name: score_records(read_answers(out)) for name, out in evals.items()})
     n_eval = len(read_answers(evals["SFT"]))
     print(f"\nAccuracy in % on eval_demo.json ({n_eval} answers to held-out questions; o/s = ordered/shuffled "
           f"frames; gap = ordered - shuffled):\n")
     print(results_table(scores))
-    metrics = os.path.join(TGRPO_DEMO, "metrics.jsonl")
+    metrics = os.path.join(paths["tgrpo"], "metrics.jsonl")
     print(f"\nT-GRPO training, mean per tenth of the run:\n  reward   {text_curve(metrics)}\n"
           f"  accuracy {text_curve(metrics, 'reward_accuracy')}\n"
-          f"Curves as a picture: python plot.py {TGRPO_DEMO} (needs matplotlib)")
+          f"Curves as a picture: python plot.py {paths['tgrpo']} (needs matplotlib)")

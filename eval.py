@@ -58,6 +58,7 @@ image_max_pixels = 256 * 28 * 28
 # temporal reliance
 shuffle = False                         # also answer each video with shuffled frames: the gap
 shuffle_level = "frame"                 # "frame" (as T-GRPO) or "patch" (whole 2-frame patches)
+shuffle_timestamps = "keep"             # Qwen3-VL: as tgrpo.py
 # runtime
 dtype = "bfloat16"                      # "float32" on CPU
 log_every = 20                          # a progress line with ETA every this many batches
@@ -69,6 +70,7 @@ config = configure(globals(), None if __name__ == "__main__" else [])  # tests i
 from accelerate import Accelerator
 
 import data
+import families
 import model as engine
 from common import resolve_model_path
 from rewards import ANSWER_RE, eval_score
@@ -83,7 +85,7 @@ THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 # settings that change the answers: resuming into an out_dir made with others would mix two runs
 RESULT_KEYS = ("model_path", "template", "max_new_tokens", "temperature", "top_p", "seed",
                "max_frames", "fps", "video_min_pixels", "video_max_pixels", "image_min_pixels",
-               "image_max_pixels", "shuffle_level", "dtype")
+               "image_max_pixels", "shuffle_level", "shuffle_timestamps", "dtype")
 
 
 def refers_to_time(output):
@@ -309,6 +311,7 @@ def batch_inputs(batch_jobs, frames_of):
     """1. Records, prompts and visuals of a batch of jobs; a row whose media fails to load becomes
     an error record, alone. Runs on the prefetch thread while the model answers the batch before."""
     records, prompts, visuals = [], [], []
+    family = frames_of.media.get("family", data.QWEN2_5_VL)
     for name, i, row, shuffled in batch_jobs:
         rec = {"benchmark": name, "problem_id": row["problem_id"], "shuffled": shuffled,
                "problem_type": row["problem_type"], "data_source": row.get("data_source", ""),
@@ -322,9 +325,10 @@ def batch_inputs(batch_jobs, frames_of):
             continue
         if shuffled:  # one seeded permutation per row: reruns and resumes see the same order
             gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
-            frames = data.shuffle_frames(frames, gen, level=shuffle_level)  # [T, 3, H, W]
-        prompts.append(data.prompt_text(row, template=template))
-        visuals.append(data.make_visual(frames, spt))
+            frames, spt = data.shuffle_video(frames, spt, gen, shuffle_level,
+                                             shuffle_timestamps)  # [T, 3, H, W]
+        prompts.append(data.prompt_text(row, template, family))
+        visuals.append(data.make_visual(frames, spt, family))
         rec.update(status="ok", load_s=time.time() - t0)
     return records, prompts, visuals
 
@@ -397,7 +401,7 @@ def main():
     generator = torch.Generator(device=accelerator.device).manual_seed(seed + rank)
     suffix = f".rank{rank}" if world > 1 else ""
     files = {name: open_answers(os.path.join(out_dir, f"{name}{suffix}.jsonl")) for name in names}
-    frames_of = DecodeOnce(todo, data.media_settings(cfg))
+    frames_of = DecodeOnce(todo, data.media_settings(cfg, families.of(hf.config)))
     chunks = [todo[b:b + batch_size] for b in range(0, len(todo), batch_size)]
     t_start, n_tokens = time.time(), 0
     batches = data.prefetch(lambda c: batch_inputs(c, frames_of), chunks)

@@ -1,5 +1,5 @@
 """
-model.py: everything the stage scripts need from Qwen2.5-VL, as flat functions.
+model.py: everything the stage scripts need from Qwen2.5-VL or Qwen3-VL, as flat functions.
 
     load_model(path)                       -> (model, tokenizer); a LoRA checkpoint is merged on load
     add_lora(model, rank, alpha, ...)      -> PeftModel: LoRA adapters in place, base frozen (optional peft)
@@ -15,6 +15,7 @@ Two ideas run through the file:
   row had its own copy.
 - Explicit positions. We compute M-RoPE positions ourselves and hand them to the language model on
   every call (prefill, decode, scoring), so HF's hidden `rope_deltas` state is never read.
+What differs between the families (patches, video layout, DeepStack, LoRA names) is in families.py.
 """
 
 import contextlib
@@ -25,12 +26,16 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import AutoTokenizer, DynamicCache, PreTrainedModel, StaticCache
-from transformers import Qwen2_5_VLForConditionalGeneration
+from transformers import AutoConfig, AutoTokenizer, DynamicCache, PreTrainedModel, StaticCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+import families
+from families import continue_positions, rope_positions  # M-RoPE positions live beside the families
+
 def load_model(path, dtype=torch.float32, device="cpu", attn_implementation=None):
-    """Load a Qwen2.5-VL checkpoint and its tokenizer (left padding, for batched prompts).
+    """Load a Qwen2.5-VL or Qwen3-VL checkpoint (the family from config.model_type) and its
+    tokenizer (left padding, for batched prompts). Weights that do not all load into the family's
+    class (missing, unexpected or mis-shaped) are an error, never a model with new random parts.
 
     attn_implementation=None picks flash_attention_2 when flash_attn is installed and the device is
     CUDA, else PyTorch sdpa. A LoRA checkpoint (adapter_config.json, what sft.py and tgrpo.py save
@@ -38,6 +43,8 @@ def load_model(path, dtype=torch.float32, device="cpu", attn_implementation=None
     merged: the result is a plain model, whatever the chain of stages that made it.
     """
     path = str(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    refuse_thinking(tokenizer, path)  # before the weights: an 8B load takes a while
     if os.path.isfile(os.path.join(path, "adapter_config.json")):
         from peft import PeftModel
         with open(os.path.join(path, "adapter_config.json")) as f:
@@ -52,25 +59,36 @@ def load_model(path, dtype=torch.float32, device="cpu", attn_implementation=None
         if attn_implementation is None:
             on_cuda = torch.device(device).type == "cuda"
             attn_implementation = "flash_attention_2" if on_cuda and importlib.util.find_spec("flash_attn") else "sdpa"
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            path, dtype=dtype, attn_implementation=attn_implementation).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+        family = families.of(AutoConfig.from_pretrained(path))
+        model, info = family.model_class.from_pretrained(
+            path, dtype=dtype, attn_implementation=attn_implementation, output_loading_info=True)
+        bad = {k: sorted(v)[:5] for k, v in info.items() if v and k != "error_msgs"}
+        if bad or info.get("error_msgs"):
+            raise ValueError(f"{path}: the weights do not load into {family.model_class.__name__}: "
+                             f"{bad} {info.get('error_msgs') or ''}")
+        model = model.to(device)
     tokenizer.padding_side = "left"
     if model.generation_config.pad_token_id is None:  # generate() pads finished rows with it
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 
-# Which linear layers get LoRA adapters: PEFT full-match patterns over Qwen2.5-VL's module names.
-LORA_TARGETS = {
-    "language": r"model\.language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)",
-    "vision": r"model\.visual\.(blocks\.\d+\.(attn\.(qkv|proj)|mlp\.(gate|up|down)_proj)|merger\.mlp\.[02])",
-}
+def refuse_thinking(tokenizer, path):
+    """Refuse a Thinking checkpoint (Qwen3-VL-*-Thinking): its chat template ends the prompt with
+    "<think>\n", so its completions start inside the think block, while data.prompt_text, the SFT
+    targets and the format reward expect the completion to open it (the Instruct models' format)."""
+    if tokenizer.chat_template is None:
+        return
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "?"}], tokenize=False,
+                                           add_generation_prompt=True)
+    if prompt.endswith("<think>\n"):
+        raise ValueError(f"{path} is a Thinking checkpoint (its prompt ends with '<think>\\n'); "
+                         f"this project trains Instruct checkpoints (completions open <think>)")
 
 
 def add_lora(hf, rank, alpha, dropout=0.0, target=("language",)):
     """Freeze `hf` and add LoRA adapters (through PEFT) to the linear layers of the `target` parts
-    (keys of LORA_TARGETS); returns the PeftModel.
+    (keys of the family's lora_targets, families.py); returns the PeftModel.
 
     PEFT swaps the target layers in place, so `hf` itself (hence VisionOnceLM, generate and
     token_logprobs, which reach into it through base_model) now computes with the adapters, and
@@ -80,12 +98,14 @@ def add_lora(hf, rank, alpha, dropout=0.0, target=("language",)):
     >>> peft_model = add_lora(hf, rank=64, alpha=128)   # Qwen2.5-VL-7B: 161M of 8.3B weights train
     """
     from peft import LoraConfig, get_peft_model
-    if not target or set(target) - set(LORA_TARGETS):
-        raise ValueError(f"lora_target must be a non-empty list of {sorted(LORA_TARGETS)}, got {target!r}")
+    targets = families.of(hf.config).lora_targets
+    if not target or set(target) - set(targets):
+        raise ValueError(f"lora_target must be a non-empty list of {sorted(targets)}, "
+                         f"got {target!r}")
     if os.path.isdir(hf.name_or_path):  # the saved adapters name their base: absolute, to load from anywhere
         hf.name_or_path = os.path.abspath(hf.name_or_path)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules="|".join(f"(?:{LORA_TARGETS[t]})" for t in target))
+                        target_modules="|".join(f"(?:{targets[t]})" for t in target))
     return get_peft_model(hf, config)
 
 
@@ -107,63 +127,10 @@ def stop_token_ids(tokenizer):
     return [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
 
 
-def rope_positions(input_ids, attention_mask, visuals, config):
-    """M-RoPE position ids [3, B, L] (temporal, height, width axes) of a left-padded batch.
-
-    Text tokens count up by one on all three axes. A visual starting at position s gets, per merged
-    token at (frame pair i, row y, column x): temporal s + int(i * tokens_per_second * second_per_grid_t)
-    (s for images), height s + y, width s + x. The text after a visual resumes at the largest position
-    so far + 1 (Qwen2.5-VL's rule; transformers 5.23's get_rope_index instead resumes at
-    s + max(rows, cols), which differs for videos whose temporal ids outrun their height/width).
-    Pads get 0 (they are masked). `visuals[b]` is row b's visual dict or None.
-
-    Example: image with grid_thw (1, 4, 6), i.e. 2x3 merged tokens I, one left pad:
-        tokens    pad  sys <vs>  I  I  I  I  I  I <ve> txt
-        temporal   0    0    1   2  2  2  2  2  2   5   6
-        height     0    0    1   2  2  2  3  3  3   5   6
-        width      0    0    1   2  3  4  2  3  4   5   6
-    """
-    merge = config.vision_config.spatial_merge_size
-    pad_id = {"image": config.image_token_id, "video": config.video_token_id}
-    positions = torch.zeros(3, *input_ids.shape, dtype=torch.long)  # [3, B, L]
-    for b, (ids, mask, visual) in enumerate(zip(input_ids.cpu(), attention_mask.cpu().bool(), visuals)):
-        ids = ids[mask]  # [n] the row without its left padding
-        is_vis = (ids == config.image_token_id) | (ids == config.video_token_id)  # [n]
-        if visual is None:
-            if is_vis.any():
-                raise ValueError(f"row {b}: visual pad tokens but no visual")
-            positions[:, b, mask] = torch.arange(len(ids))
-            continue
-        t, h, w = visual["grid_thw"].tolist()
-        h, w = h // merge, w // merge  # in merged-token units
-        where = is_vis.nonzero().flatten()  # [t*h*w]
-        start = int(where[0]) if len(where) else 0
-        if len(where) != t * h * w or int(where[-1]) != start + t * h * w - 1 or \
-                not (ids[where] == pad_id[visual["kind"]]).all():
-            raise ValueError(f"row {b}: expected one run of {t * h * w} {visual['kind']} pad tokens, "
-                             f"found {len(where)}")
-        if visual["kind"] == "video":  # float32 as in HF, so the truncation agrees bit for bit
-            interval = config.vision_config.tokens_per_second * torch.tensor(visual["second_per_grid_t"])
-            t_ids = (torch.arange(t) * interval).long()  # [t] e.g. [0, 2, 4, 6]
-        else:
-            t_ids = torch.zeros(t, dtype=torch.long)
-        vis = torch.stack(torch.meshgrid(t_ids, torch.arange(h), torch.arange(w), indexing="ij")).reshape(3, -1)
-        before = torch.arange(start).expand(3, -1)  # [3, start]
-        vis = vis + start  # [3, t*h*w]
-        after = torch.arange(len(ids) - start - t * h * w).expand(3, -1) + vis.max() + 1
-        positions[:, b, mask] = torch.cat([before, vis, after], dim=1)
-    return positions.to(input_ids.device)
-
-
-def continue_positions(positions, steps):
-    """Positions [3, B, steps] of the tokens that follow a prompt: max prompt position + 1, + 2, ...
-    on all three axes (generated text is text). positions: [3, B, L] from rope_positions."""
-    start = positions.amax(dim=(0, 2)) + 1  # [B]
-    return (start[:, None] + torch.arange(steps, device=positions.device)).expand(3, -1, -1)  # [3, B, steps]
-
-
 def embed_prompts(hf, input_ids, visuals):
-    """Input embeddings [B, L, D] of prompts, visual features scattered over their pad tokens.
+    """The language model's inputs for prompts: {"inputs_embeds": [B, L, D]}, visual features
+    scattered over their pad tokens, and with DeepStack (Qwen3-VL) "visual_pos_masks" [B, L] and
+    "deepstack_visual_embeds" (per level [n, D], n = visual tokens): lm(**embed_prompts(...), ...).
 
     Each distinct visual (same dict object) goes through the vision tower once, all of them in a
     single call (the tower keeps visuals apart with its own attention boundaries).
@@ -171,18 +138,29 @@ def embed_prompts(hf, input_ids, visuals):
     embeds = hf.get_input_embeddings()(input_ids)  # [B, L, D]
     distinct = {id(v): v for v in visuals if v is not None}  # keeps first-seen order
     if not distinct:
-        return embeds
+        return {"inputs_embeds": embeds}
     slot = {key: i for i, key in enumerate(distinct)}
     visual_tower = hf.model.visual
-    pixel_values = torch.cat([v["pixel_values"] for v in distinct.values()])  # [N, 3*2*14*14]
+    pixel_values = torch.cat([v["pixel_values"] for v in distinct.values()])  # [N, 3*2*p*p]
     grid_thw = torch.stack([v["grid_thw"] for v in distinct.values()]).to(input_ids.device)  # [V, 3]
-    features = visual_tower(pixel_values.to(input_ids.device, visual_tower.dtype), grid_thw=grid_thw).pooler_output
-    features = features.split((grid_thw.prod(-1) // visual_tower.spatial_merge_size ** 2).tolist())  # V x [n_v, D]
-    per_row = torch.cat([features[slot[id(v)]] for v in visuals if v is not None])  # [sum over rows, D]
+    out = visual_tower(pixel_values.to(input_ids.device, visual_tower.dtype), grid_thw=grid_thw)
+    sizes = (grid_thw.prod(-1) // visual_tower.spatial_merge_size ** 2).tolist()
+
+    def per_row(features):  # [N/4, D] of the distinct visuals -> [sum over rows, D] in row order
+        features = features.split(sizes)  # V x [n_v, D]
+        return torch.cat([features[slot[id(v)]] for v in visuals if v is not None])
+
+    features = per_row(out.pooler_output)
     is_vis = (input_ids == hf.config.image_token_id) | (input_ids == hf.config.video_token_id)  # [B, L]
-    if int(is_vis.sum()) != len(per_row):
-        raise ValueError(f"{int(is_vis.sum())} visual pad tokens in the batch but {len(per_row)} visual features")
-    return embeds.masked_scatter(is_vis[..., None], per_row.to(embeds.dtype))  # row-major, matching per_row
+    if int(is_vis.sum()) != len(features):
+        raise ValueError(f"{int(is_vis.sum())} visual pad tokens in the batch but {len(features)} "
+                         f"visual features")
+    # row-major, matching per_row's order
+    inputs = {"inputs_embeds": embeds.masked_scatter(is_vis[..., None], features.to(embeds.dtype))}
+    if families.of(hf.config).deepstack:
+        inputs |= {"visual_pos_masks": is_vis,
+                   "deepstack_visual_embeds": [per_row(f) for f in out.deepstack_features]}
+    return inputs
 
 
 class SharedPromptCache(DynamicCache):
@@ -259,8 +237,9 @@ class VisionOnceLM(nn.Module):
         completion_mask = torch.arange(T, device=device) < lengths[:, None]  # [R, T]
         prompts = SharedPromptCache(hf.config)  # use_cache=False below: HF would only add a cache of its own
         with cache_through_checkpointing(lm):
-            prompt_hidden = lm(inputs_embeds=embed_prompts(hf, input_ids, visuals), attention_mask=attention_mask,
-                               position_ids=positions, past_key_values=prompts,
+            prompt_hidden = lm(**embed_prompts(hf, input_ids, visuals),
+                               attention_mask=attention_mask, position_ids=positions,
+                               past_key_values=prompts,
                                use_cache=False).last_hidden_state  # [P, Lp, D]
             rows = SharedPromptCache(hf.config, prompts, prompt_index)
             hidden = lm(inputs_embeds=hf.get_input_embeddings()(completion_ids),
@@ -409,7 +388,7 @@ def generate(model, batch, n, max_new_tokens, temperature=1.0, top_p=1.0, genera
         with torch.no_grad():
             input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # [P, L]
             positions = rope_positions(input_ids, mask, batch["visuals"], model.config)  # [3, P, L]
-            out = lm(inputs_embeds=embed_prompts(model, input_ids, batch["visuals"]), attention_mask=mask,
+            out = lm(**embed_prompts(model, input_ids, batch["visuals"]), attention_mask=mask,
                      position_ids=positions, use_cache=True)
             L = input_ids.shape[1]
             # each prompt's cache copied into its n rows, in a cache preallocated for the whole rollout

@@ -72,6 +72,7 @@ config = configure(globals(), None if __name__ == "__main__" else [])  # tests i
 
 import common
 import data
+import families
 import model as engine
 from rewards import accuracy_reward, extract_answer, format_reward
 
@@ -101,16 +102,16 @@ def encode_row(row, tokenizer, media):
     """One sample -> (prompt text, visual, target ids), or None when longer than max_length; raises
     data.MediaError when its media cannot be loaded. With train_prompt_tokens the question text
     after the vision block moves into the target."""
+    family = media.get("family", data.QWEN2_5_VL)
     frames, spt = data.load_frames(row, **media)                        # [T, 3, H, W]
-    visual = data.make_visual(frames, spt)
+    visual = data.make_visual(frames, spt, family)
     answer = data.sft_target(row) if target_format == "cot" else extract_answer(row["solution"])
-    prompt, target = data.prompt_text(row, template=question_template), answer + "<|im_end|>"
+    prompt, target = data.prompt_text(row, question_template, family), answer + "<|im_end|>"
     if train_prompt_tokens:
         head, sep, tail = prompt.partition("<|vision_end|>")
         prompt, target = head + sep, tail + target
     target_ids = tokenizer(target, add_special_tokens=False).input_ids
-    n_visual = int(visual["grid_thw"].prod()) // data.MERGE_SIZE ** 2
-    n = len(tokenizer(prompt).input_ids) - 1 + n_visual
+    n = data.prompt_length(prompt, visual, tokenizer)
     return None if n + len(target_ids) > max_length else (prompt, visual, target_ids)
 
 
@@ -189,14 +190,15 @@ def validate(accelerator, policy, val, encode, tokenizer):
 def show_samples(hf, tokenizer, rows, media, metrics_log):
     """Greedy answers on held-out rows with their format and accuracy rewards (rows whose media fail
     are left out), written to out_dir/samples.txt."""
-    loaded = []
+    loaded, family = [], media.get("family", data.QWEN2_5_VL)
     for r in rows:
         try:
-            loaded.append((r, data.make_visual(*data.load_frames(r, **media))))
+            frames, spt = data.load_frames(r, **media)
+            loaded.append((r, data.make_visual(frames, spt, family)))
         except data.MediaError:
             continue
     rows, visuals = [r for r, _ in loaded], [v for _, v in loaded]
-    prompts = [data.prompt_text(r, question_template) for r in rows]
+    prompts = [data.prompt_text(r, question_template, family) for r in rows]
     batch = common.to_device(data.collate(prompts, visuals, tokenizer), hf.device)
     out = engine.generate(hf, batch, 1, sample_tokens, temperature=0.0,
                           stop_ids=engine.stop_token_ids(tokenizer))
@@ -249,7 +251,7 @@ def main():
     if master:
         print(f"{len(train)} train rows, {len(val)} held out, {total_steps} steps of "
               f"{batch_size} x {world} samples")
-    media = data.media_settings(cfg)
+    media = data.media_settings(cfg, families.of(hf.config))
     encode = lambda row: encode_row(row, tokenizer, media)
     # length-aware batching by a cheap proxy: modality first, then characters of question + answer
     lengths = [(r["data_type"], len(r["problem"]) + len(r.get("process", ""))) for r in train]

@@ -19,6 +19,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 import check_data
 import data
 from conftest import BAD_MEDIA, ROOT, bad_media, dataset_with_bad_media
+from families import QWEN2_5_VL
 
 DEMO = dict(max_frames=8, fps=2.0, video_min_pixels=56 * 56, video_max_pixels=56 * 56,
             image_min_pixels=56 * 56, image_max_pixels=56 * 56)
@@ -238,7 +239,7 @@ def test_patchify_video_layout_and_odd_frames():
     pixel_values, grid = data.patchify(frames)
     assert grid.tolist() == [2, 4, 6] and pixel_values.shape == (48, 1176)
     patches = pixel_values.view(2, 24, 3, 2, 14, 14)  # [t, h*w, C, 2, p, p]
-    std, mean = torch.tensor(data.IMAGE_STD), torch.tensor(data.IMAGE_MEAN)
+    std, mean = torch.tensor(QWEN2_5_VL.image_std), torch.tensor(QWEN2_5_VL.image_mean)
     for t in range(2):
         for k in range(2):  # frames 2t and 2t+1 share a temporal patch, in order
             raw = patches[t, :, :, k] * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)

@@ -122,9 +122,9 @@ def summary_of(out_dir):
 
 def test_demo_end_to_end_with_shuffled_frames(monkeypatch, demo, tmp_path):
     seeds = []
-    real_shuffle = data.shuffle_frames
-    monkeypatch.setattr(data, "shuffle_frames",
-                        lambda frames, g, level: seeds.append(g.initial_seed()) or real_shuffle(frames, g, level))
+    real_shuffle = data.shuffle_order
+    monkeypatch.setattr(data, "shuffle_order",
+                        lambda T, g, level: seeds.append(g.initial_seed()) or real_shuffle(T, g, level))
     calls = run_eval(monkeypatch, demo, tmp_path, shuffle=True, max_new_tokens=8)
     rows = data.load_rows(os.path.join(demo[0], "eval_demo.json"), limit=4)
     videos = [r["problem_id"] for r in rows if r["data_type"] == "video"]

@@ -77,8 +77,9 @@ def hf_inputs(input_ids, visuals, config):
                 "image_grid_thw": torch.stack([v["grid_thw"] for v in images])}
     if videos:
         out |= {"pixel_values_videos": torch.cat([v["pixel_values"] for v in videos]),
-                "video_grid_thw": torch.stack([v["grid_thw"] for v in videos]),
-                "second_per_grid_ts": torch.tensor([v["second_per_grid_t"] for v in videos])}
+                "video_grid_thw": torch.stack([v["grid_thw"] for v in videos])}
+        if videos[0]["second_per_grid_t"] is not None:  # Qwen2.5-VL; Qwen3-VL's time is in the text
+            out["second_per_grid_ts"] = torch.tensor([v["second_per_grid_t"] for v in videos])
     return out
 
 
@@ -190,11 +191,12 @@ def test_rope_positions_follow_qwen25_after_a_long_video():
     """Worked examples with numbers by hand. The video case is where transformers 5.23's get_rope_index
     resumes text at start + max(h, w) = 4 instead of Qwen2.5-VL's max position + 1 = 9."""
     class Config:  # only what rope_positions reads
-        image_token_id, video_token_id = 7, 8
+        model_type, image_token_id, video_token_id = "qwen2_5_vl", 7, 8
         class vision_config:
             spatial_merge_size, tokens_per_second = 2, 2
     # video grid (4, 4, 4): 4 frame pairs of 2x2 merged tokens, 1 s per pair -> temporal ids 0, 2, 4, 6
-    video = {"kind": "video", "grid_thw": torch.tensor([4, 4, 4]), "second_per_grid_t": 1.0}
+    video = {"kind": "video", "family": "qwen2_5_vl", "grid_thw": torch.tensor([4, 4, 4]),
+             "second_per_grid_t": 1.0}
     ids = torch.tensor([[0, 1, 5] + [8] * 16 + [6, 1]])  # pad, text, <vs>, 16 video tokens, <ve>, text
     mask = torch.tensor([[0] + [1] * 20])
     pos = rope_positions(ids, mask, [video], Config)[:, 0]  # [3, L]
@@ -206,7 +208,8 @@ def test_rope_positions_follow_qwen25_after_a_long_video():
     assert pos[2].tolist() == [0, 0, 1] + vw.tolist() + [9, 10]
     assert continue_positions(pos[:, None], 2)[:, 0].tolist() == [[11, 12]] * 3
     # the docstring's image example: grid (1, 4, 6) -> 2x3 merged tokens
-    image = {"kind": "image", "grid_thw": torch.tensor([1, 4, 6]), "second_per_grid_t": None}
+    image = {"kind": "image", "family": "qwen2_5_vl", "grid_thw": torch.tensor([1, 4, 6]),
+             "second_per_grid_t": None}
     ids = torch.tensor([[0, 1, 5] + [7] * 6 + [6, 1]])
     pos = rope_positions(ids, torch.tensor([[0] + [1] * 10]), [image], Config)[:, 0]
     assert pos.tolist() == [[0, 0, 1, 2, 2, 2, 2, 2, 2, 5, 6], [0, 0, 1, 2, 2, 2, 3, 3, 3, 5, 6],
@@ -351,9 +354,10 @@ def ddp_rows(tokenizer, rank):
     return prompt_index, completion_ids, lengths, weights
 
 
-def ddp_half(ckpt, out):
+def ddp_half(ckpt, out, make_batch=None):
     """Run by accelerate on 2 CPU processes: DDP-wrapped VisionOnceLM, gradient checkpointing, one forward
-    and backward per micro-batch (no_sync but the last), as tgrpo.py trains."""
+    and backward per micro-batch (no_sync but the last), as tgrpo.py trains. make_batch: another
+    family's mixed_batch (test_qwen3vl.py)."""
     from accelerate import Accelerator
     accelerator = Accelerator()
     model, tokenizer = load_model(ckpt)
@@ -362,7 +366,7 @@ def ddp_half(ckpt, out):
     policy = accelerator.prepare(VisionOnceLM(model))
     calls = []
     policy.register_forward_pre_hook(lambda *a: calls.append(1))  # the DDP wrapper's forward
-    batch = mixed_batch(tokenizer)
+    batch = (make_batch or mixed_batch)(tokenizer)
     prompt_index, completion_ids, lengths, weights = ddp_rows(tokenizer, accelerator.process_index)
     chunks = micro_batches(prompt_index, 3)
     for j, rows in enumerate(chunks):
@@ -420,7 +424,7 @@ def reference_generate(model, batch, n, max_new_tokens, temperature, top_p, gene
     with torch.no_grad():
         input_ids, mask = batch["input_ids"], batch["attention_mask"]  # [P, L]
         positions = rope_positions(input_ids, mask, batch["visuals"], model.config)  # [3, P, L]
-        out = lm(inputs_embeds=embed_prompts(model, input_ids, batch["visuals"]), attention_mask=mask,
+        out = lm(**embed_prompts(model, input_ids, batch["visuals"]), attention_mask=mask,
                  position_ids=positions, use_cache=True)
         L = input_ids.shape[1]
         cache = StaticCache(config=model.config, max_cache_len=L + max_new_tokens)

@@ -44,6 +44,7 @@ video_max_pixels = 128 * 28 * 28
 image_min_pixels = 4 * 28 * 28
 image_max_pixels = 256 * 28 * 28
 shuffle_level = "frame"                 # "frame" (release) or "patch" (whole 2-frame patches)
+shuffle_timestamps = "keep"             # Qwen3-VL: timestamps stay in order, or "follow" frames
 question_template = "train"
 max_prompt_length = 16384               # longer prompts are replaced and counted, never truncated
 max_bad_media_share = 0.01              # rows with bad media are replaced; stop past this share
@@ -99,6 +100,7 @@ from accelerate.utils import DistributedType
 
 import common
 import data
+import families
 import model as engine
 from rewards import accuracy_reward, format_reward, group_share, length_bonus, temporal_bonus
 
@@ -230,11 +232,11 @@ def step_rows(rows, step, world_size, rank):
 def encode(row, tokenizer, media):
     """A row's prompt: (frames [T, 3, H, W], seconds per patch, prompt text, visual), or None when
     it is over max_prompt_length. Raises data.MediaError when its media cannot be loaded."""
+    family = media.get("family", data.QWEN2_5_VL)
     frames, spt = data.load_frames(row, **media)                        # [T, 3, H, W]
-    text = data.prompt_text(row, template=question_template)
-    visual = data.make_visual(frames, spt)
-    n_visual = int(visual["grid_thw"].prod()) // data.MERGE_SIZE ** 2
-    fits = len(tokenizer(text).input_ids) - 1 + n_visual <= max_prompt_length
+    text = data.prompt_text(row, question_template, family)
+    visual = data.make_visual(frames, spt, family)
+    fits = data.prompt_length(text, visual, tokenizer) <= max_prompt_length
     return (frames, spt, text, visual) if fits else None
 
 
@@ -253,13 +255,15 @@ def step_inputs(step, rows, tokenizer, media, rank, world):
     used, encoded, counts = common.encode_rows(step_rows(rows, step, world, rank), rows,
                                                lambda row: encode(row, tokenizer, media), gen)
     prompts, visuals, n, groups = [], [], [], []
+    family = media.get("family", data.QWEN2_5_VL)
     for row, (frames, spt, text, visual) in zip(used, encoded):
         groups.append({"row": row, "ordered": len(prompts), "shuffled": None})
         prompts.append(text), visuals.append(visual), n.append(G)
         if temporal and row["data_type"] == "video":
-            shuffled = data.shuffle_frames(frames, gen, level=shuffle_level)  # [T, 3, H, W]
+            shuffled, time = data.shuffle_video(frames, spt, gen, shuffle_level,
+                                                shuffle_timestamps)  # [T, 3, H, W]
             groups[-1]["shuffled"] = len(prompts)
-            prompts.append(text), visuals.append(data.make_visual(shuffled, spt))
+            prompts.append(text), visuals.append(data.make_visual(shuffled, time, family))
             n.append(G_shuffled)
     batch = data.collate(prompts, visuals, tokenizer)
     return {"groups": groups, "batch": batch, "n": n, "counts": counts}
@@ -445,7 +449,7 @@ def main():
     if master:
         print(f"{len(rows)} rows, {world} process(es), {prompts_per_rank} prompt(s) per rank")
     stop_ids = engine.stop_token_ids(tokenizer)
-    media = data.media_settings(cfg)
+    media = data.media_settings(cfg, families.of(hf.config))
 
     prepared = data.prefetch(lambda s: step_inputs(s, rows, tokenizer, media, rank, world),
                              range(state["step"], max_steps))

@@ -1,0 +1,11 @@
+# The perception warm-up of the tiny Qwen3-VL, stacked on config/warmup_demo.py (`python demo.py
+# --family=qwen3_vl` builds it):
+#   python sft.py config/warmup_demo.py config/warmup_demo_qwen3vl.py
+model_path = "demo/tiny-qwen3-vl"
+out_dir = "demo/tiny-qwen3-vl-warm"
+# 128x128 frames (sides multiples of 32): 4x4 tokens per frame pair and 16 per image, as the
+# Qwen2.5-VL demo's 112x112
+video_min_pixels = 128 * 128
+video_max_pixels = 128 * 128
+image_min_pixels = 128 * 128
+image_max_pixels = 128 * 128
