@@ -8,6 +8,7 @@ ordered and shuffled frames, before and after RL.
 Each stage is an ordinary script with its demo config, so any of them can be re-run alone:
     python demo.py assets                           # only the world, the tiny model and its warm-up
     python demo.py --family=qwen3_vl                # the same on a tiny Qwen3-VL (config/*_qwen3vl.py)
+    python demo.py --family=qwen3_5                 # on a tiny hybrid Qwen3.5 (config/*_qwen3_5.py)
     python sft.py config/sft_demo.py
     python tgrpo.py config/tgrpo_demo.py            # + config/tgrpo_grpo.py: plain GRPO
     python eval.py config/eval_demo.py --model_path=out/tgrpo_demo --shuffle=True
@@ -32,6 +33,8 @@ TGRPO_DEMO = "out/tgrpo_demo"
 # by the overlay config/<stage>_demo_qwen3vl.py (128x128 frames, the paths below).
 QWEN3_DEMO = {"model": "demo/tiny-qwen3-vl", "warm": "demo/tiny-qwen3-vl-warm", "sft": "out/sft_demo_qwen3vl",
               "tgrpo": "out/tgrpo_demo_qwen3vl", "eval": "out/eval_{}_demo_qwen3vl"}
+QWEN3_5_DEMO = {"model": "demo/tiny-qwen3.5", "warm": "demo/tiny-qwen3.5-warm", "sft": "out/sft_demo_qwen3_5",
+                "tgrpo": "out/tgrpo_demo_qwen3_5", "eval": "out/eval_{}_demo_qwen3_5"}  # config/*_qwen3_5.py
 QWEN25_DEMO = {"model": DEMO_MODEL, "warm": DEMO_PRETRAINED, "sft": SFT_DEMO, "tgrpo": TGRPO_DEMO,
                "eval": "out/eval_{}_demo"}
 
@@ -63,11 +66,18 @@ CHAT_TEMPLATE = (
 QWEN3_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(  # Qwen3-VL-Instruct renders no default system turn
     "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant."
     "<|im_end|>\n{% endif %}", "")
+# Qwen3.5 thinks by default: the assistant turn opens the think block (enable_thinking=False closes an
+# empty one instead, which Video-R1's <think>...</think><answer>...</answer> has no use for).
+QWEN3_5_CHAT_TEMPLATE = QWEN3_CHAT_TEMPLATE.replace(
+    "<|im_start|>assistant\n{% endif %}",
+    "<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}"
+    "<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}{% endif %}")
 
 
 def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64, num_layers=2,
                          vision_hidden_size=64, vision_depth=2, rope_theta=10.0, model_type="qwen2_5_vl"):
-    """Write a random-weight Qwen2.5-VL (model_type="qwen3_vl": Qwen3-VL, DeepStack included) and a
+    """Write a random-weight Qwen2.5-VL (model_type="qwen3_vl": Qwen3-VL, DeepStack included; "qwen3_5":
+    Qwen3.5, Gated DeltaNet + full attention, thinking chat template) and a
     byte-level BPE tokenizer with the family's special tokens, trained on `texts`, to `out_dir`.
 
     Real architecture, toy sizes: trains on a laptop CPU in minutes. The layout is the standard HF one
@@ -82,7 +92,7 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import AutoTokenizer, GenerationConfig, Qwen2_5_VLConfig
     from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
-    qwen3 = model_type == "qwen3_vl"
+    qwen3 = model_type in ("qwen3_vl", "qwen3_5")
     added = ADDED_TOKENS + QWEN3_ADDED_TOKENS * qwen3
 
     # 1. tokenizer: Qwen2's byte-level BPE pipeline, trained on the given texts
@@ -101,7 +111,8 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
     tokenizer = Qwen2Tokenizer(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                unk_token=None, model_max_length=32768, clean_up_tokenization_spaces=False)
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})  # known as special
-    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE if qwen3 else CHAT_TEMPLATE
+    tokenizer.chat_template = {"qwen3_vl": QWEN3_CHAT_TEMPLATE, "qwen3_5": QWEN3_5_CHAT_TEMPLATE}.get(
+        model_type, CHAT_TEMPLATE)
     tokenizer.save_pretrained(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(out_dir)  # ids exactly as a loader will see them
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
@@ -113,7 +124,10 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
     # from right. rope_theta 10 gives every axis rotations of 0.13-1 rad per position.
     half = hidden_size // 4 // 2
     mrope_section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
-    if qwen3:
+    if model_type == "qwen3_5":
+        config = tiny_qwen3_5_config(ids, len(tokenizer), hidden_size, num_layers, vision_hidden_size,
+                                     vision_depth, rope_theta)
+    elif qwen3:
         config = tiny_qwen3_vl_config(ids, len(tokenizer), hidden_size, num_layers, vision_hidden_size,
                                       vision_depth, rope_theta)
     else:
@@ -166,6 +180,34 @@ def tiny_qwen3_vl_config(ids, vocab_size, hidden_size, num_layers, vision_hidden
         tie_word_embeddings=False)
 
 
+def tiny_qwen3_5_config(ids, vocab_size, hidden_size, num_layers, vision_hidden_size, vision_depth,
+                        rope_theta):
+    """Qwen3.5 at toy sizes, the real hybrid layout: 2 * num_layers layers, every fourth full attention
+    (num_layers=2: linear, linear, linear, full), Gated DeltaNet with 2 key heads serving 4 value
+    heads (the real ratio is 1:2 too) and a kernel-4 convolution; full attention with head_dim 32,
+    its rotary quarter (8 dims, 4 frequencies) split [2, 1, 1] over (temporal, height, width),
+    interleaved like the real [11, 11, 10] of 64 dims. No DeepStack."""
+    from transformers import Qwen3_5Config
+    return Qwen3_5Config(
+        text_config=dict(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=2 * num_layers, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=32, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                         linear_conv_kernel_dim=4, linear_key_head_dim=16, linear_value_head_dim=16,
+                         linear_num_key_heads=2, linear_num_value_heads=4, full_attention_interval=4,
+                         rope_parameters=dict(rope_type="default", rope_theta=rope_theta,
+                                              partial_rotary_factor=0.25, mrope_section=[2, 1, 1],
+                                              mrope_interleaved=True),
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(depth=vision_depth, hidden_size=vision_hidden_size,
+                           intermediate_size=2 * vision_hidden_size, num_heads=4, out_hidden_size=hidden_size,
+                           patch_size=16, temporal_patch_size=2, spatial_merge_size=2,
+                           num_position_embeddings=64),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False)
+
+
 def ensure_demo_assets(warm=True, model_type="qwen2_5_vl"):
     """Build what is missing of the demo's assets: the world, the tiny checkpoint of the family and (warm)
     its perception warm-up. The stage scripts never build anything: pointed at a missing folder they say
@@ -186,6 +228,8 @@ def demo_paths(model_type):
     """(the family's demo paths, stage -> its overlay config files after the stage's demo config)."""
     if model_type == "qwen3_vl":
         return QWEN3_DEMO, lambda stage: [f"config/{stage}_demo_qwen3vl.py"]
+    if model_type == "qwen3_5":
+        return QWEN3_5_DEMO, lambda stage: [f"config/{stage}_demo_qwen3_5.py"]
     families.of(model_type)  # an unknown family fails here
     return QWEN25_DEMO, lambda stage: []
 
@@ -294,7 +338,7 @@ if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--family=")]
     model_type = ([a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--family=")] or ["qwen2_5_vl"])[-1]
     if args not in ([], ["assets"]):
-        sys.exit("usage: python demo.py [assets] [--family=qwen3_vl]   (assets: only build the world and the "
+        sys.exit("usage: python demo.py [assets] [--family=qwen3_vl|qwen3_5]   (assets: only build the world and the "
                  "tiny models)")
     ensure_demo_assets(model_type=model_type)
     paths, overlay = demo_paths(model_type)

@@ -67,7 +67,7 @@ def test_load_by_family_and_refuse_what_does_not_load(ckpt3, loaded3, tmp_path):
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Why?"}]}]
     assert tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == (
         "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>Why?<|im_end|>\n<|im_start|>assistant\n")
-    with pytest.raises(ValueError, match=r"supported: \['qwen2_5_vl', 'qwen3_vl'\]"):
+    with pytest.raises(ValueError, match=r"supported: \['qwen2_5_vl', 'qwen3_5', 'qwen3_vl'\]"):
         families.of("llava")
     # the weights of a checkpoint must all load: one missing tensor is an error, not a random init
     broken = tmp_path / "broken"
