@@ -3,8 +3,10 @@ DeltaNet layers + 1 full attention): loading, token ids and template from the ch
 (get_rope_index), left padding through the linear layers, sampling (generate, prompt states copied into
 rows, finished rows leaving), prompt-once log-probs and gradients (with and without gradient
 checkpointing), the thinking template. Run: python -m pytest -q test_qwen3_5.py"""
+import contextlib
 import copy
 import re
+import sys
 
 import pytest
 import torch
@@ -17,8 +19,9 @@ from demo import make_tiny_checkpoint
 from families import QWEN3_5
 from model import (VisionOnceLM, completion_texts, embed_prompts, generate, load_model, micro_batches,
                    rope_positions, stop_token_ids, token_logprobs)
-from test_model import (TEXTS, assert_grads_equal, frames, grads_of, hf_completion_logprobs, hf_inputs,
-                        random_completions, row, text_prompt)
+from conftest import run_script
+from test_model import (TEXTS, assert_grads_equal, ddp_rows, frames, grads_of, hf_completion_logprobs,
+                        hf_inputs, random_completions, row, text_prompt)
 
 
 @pytest.fixture(scope="module")
@@ -303,3 +306,58 @@ def test_thinking_only_for_a_family_that_thinks(ckpt35, tmp_path):
     from demo import QWEN3_CHAT_TEMPLATE
     tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
     assert assistant_prefill(tokenizer, "x", QWEN3_5) == ""
+
+
+def exact_delta_rule_everywhere():
+    """exact64's patch, in a process of its own (the DDP ranks)."""
+    modeling_qwen3_5.torch_chunk_gated_delta_rule = exact_delta_rule
+    modeling_qwen3_5.torch_recurrent_gated_delta_rule = exact_delta_rule
+
+
+def ddp_half(ckpt, out):
+    """Run by accelerate on 2 CPU processes: DDP-wrapped VisionOnceLM over the float64 tiny Qwen3.5 with
+    the exact delta rule, gradient checkpointing, one forward and backward per micro-batch (no_sync
+    but the last), as tgrpo.py trains; the rows of test_model's DDP test (a group cut on rank 1)."""
+    from accelerate import Accelerator
+    exact_delta_rule_everywhere()
+    accelerator = Accelerator()
+    model, tokenizer = load_model(ckpt, dtype=torch.float64)
+    model.train()
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    policy = accelerator.prepare(VisionOnceLM(model))
+    batch = as64(mixed_batch35(tokenizer))
+    prompt_index, completion_ids, lengths, weights = ddp_rows(tokenizer, accelerator.process_index)
+    chunks = micro_batches(prompt_index, 3)
+    for j, rows in enumerate(chunks):
+        with contextlib.nullcontext() if j == len(chunks) - 1 else accelerator.no_sync(policy):
+            logp = token_logprobs(policy, batch, prompt_index[rows], completion_ids[rows], lengths[rows])
+            accelerator.backward((logp * weights[rows]).sum())
+    if accelerator.is_main_process:
+        torch.save({"grads": {k: p.grad for k, p in model.named_parameters()}, "chunks": len(chunks)}, out)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+@pytest.mark.slow
+def test_prompt_once_under_ddp(ckpt35, exact64, tmp_path):
+    """2-process DDP: the averaged gradients equal the per-row reference over both ranks' rows."""
+    run_script("test_qwen3_5.py", str(ckpt35), str(tmp_path / "ddp.pt"), processes=2)
+    got = torch.load(tmp_path / "ddp.pt")
+    assert got["chunks"] == 2
+    model, tokenizer = exact64
+    batch = as64(mixed_batch35(tokenizer))
+
+    def reference():  # DDP averages the two ranks' gradients
+        losses = []
+        for rank in (0, 1):
+            prompt_index, completion_ids, lengths, weights = ddp_rows(tokenizer, rank)
+            losses.append((hf_completion_logprobs(model, batch, prompt_index, completion_ids, lengths)[0]
+                           * weights).sum())
+        return (losses[0] + losses[1]) / 2
+
+    _, theirs = grads_of(model, reference, torch.ones((), dtype=torch.float64))
+    assert_grads_close(got["grads"], theirs, decay_rel=1e-4)
+
+
+if __name__ == "__main__":
+    ddp_half(*sys.argv[1:])
