@@ -148,6 +148,8 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
     with torch.random.fork_rng():  # seeded init without disturbing the caller's RNG
         torch.manual_seed(seed)
         model = families.of(config).model_class(config)
+    if model_type == "qwen3_5":
+        spread_linear_memory(model)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]])
@@ -186,7 +188,9 @@ def tiny_qwen3_5_config(ids, vocab_size, hidden_size, num_layers, vision_hidden_
     (num_layers=2: linear, linear, linear, full), Gated DeltaNet with 2 key heads serving 4 value
     heads (the real ratio is 1:2 too) and a kernel-4 convolution; full attention with head_dim 32,
     its rotary quarter (8 dims, 4 frequencies) split [2, 1, 1] over (temporal, height, width),
-    interleaved like the real [11, 11, 10] of 64 dims. No DeepStack."""
+    interleaved like the real [11, 11, 10] of 64 dims. No DeepStack. No pad_token_id in the text
+    config: it would zero the pad token's embedding, and a zero input hides whether the linear
+    layers mask left padding (a trained <|endoftext|> embedding is not zero)."""
     from transformers import Qwen3_5Config
     return Qwen3_5Config(
         text_config=dict(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
@@ -197,8 +201,7 @@ def tiny_qwen3_5_config(ids, vocab_size, hidden_size, num_layers, vision_hidden_
                          rope_parameters=dict(rope_type="default", rope_theta=rope_theta,
                                               partial_rotary_factor=0.25, mrope_section=[2, 1, 1],
                                               mrope_interleaved=True),
-                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"]),
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"]),
         vision_config=dict(depth=vision_depth, hidden_size=vision_hidden_size,
                            intermediate_size=2 * vision_hidden_size, num_heads=4, out_hidden_size=hidden_size,
                            patch_size=16, temporal_patch_size=2, spatial_merge_size=2,
@@ -206,6 +209,21 @@ def tiny_qwen3_5_config(ids, vocab_size, hidden_size, num_layers, vision_hidden_
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False)
+
+
+def spread_linear_memory(model):
+    """Give each Gated DeltaNet layer's heads memories from thousands of tokens down to one, as in the
+    delta rule's own initialisation (A in [1, 16], time step dt in [0.001, 0.1], dt_bias = softplus^-1
+    of it; decay per token exp(-A * dt)). transformers' init (dt_bias = 1) makes every head forget
+    within a few tokens, so a tiny model could not show a state that carries across a long prompt."""
+    import torch
+    for layer in model.model.language_model.layers:
+        if layer.block_type == "linear_attention":
+            net = layer.linear_attn
+            dt = torch.logspace(-3, -1, net.num_v_heads)  # [H] head 0 remembers longest
+            with torch.no_grad():
+                net.dt_bias.copy_(torch.log(torch.expm1(dt)))
+                net.A_log.copy_(torch.linspace(1, 16, net.num_v_heads).log())
 
 
 def ensure_demo_assets(warm=True, model_type="qwen2_5_vl"):

@@ -40,14 +40,15 @@ class SharedLinearStates:
     get_recurrent_state, update_conv_state (returns the conv input incl. the past), the delta rule
     (from the recurrent state returned), update_recurrent_state.
 
-    prompts (prompt_index None): no past; record each layer's final conv state (last K inputs, [P, C, K])
-    and recurrent state ([P, H, dk, dv]); the first call only, so a checkpoint replay records nothing.
-    rows: conv input = prompt's conv state [prompt_index] ++ the rows' own; initial recurrent state =
-    prompt's [prompt_index]; a layer counts as read (reads += 1) once it has taken both.
+    prompts (prompt_index None): no past; record each layer's final conv state (its last K inputs,
+    [P, C, K]) and recurrent state ([P, H, dk, dv]); the first call only, so a checkpoint replay
+    records nothing. rows: conv input = the prompt's conv state [prompt_index] ++ the rows' own;
+    initial recurrent state = the prompt's [prompt_index]; a layer counts as read (reads += 1) once
+    it has taken both.
     """
 
     def get_conv_state(self, layer_idx, state_idx=0):
-        return None  # so the layer always calls update_conv_state with its whole input (no in-place step)
+        return None  # the layer then always hands update_conv_state its input (no in-place step)
 
     def get_recurrent_state(self, layer_idx, state_idx=0):
         if self.prompt_index is None:
@@ -55,8 +56,8 @@ class SharedLinearStates:
         self.linear_reads.add(("recurrent", layer_idx))
         return self.layers[layer_idx].recurrent_states[0][self.prompt_index]  # [R, H, dk, dv]
 
-    def update_conv_state(self, conv_input, layer_idx, state_idx=0, conv_kernel_size=None, **kwargs):
-        layer = self.layers[layer_idx]  # conv_input [B, C, L]: q, k, v channels before the convolution
+    def update_conv_state(self, conv_input, layer_idx, state_idx=0, conv_kernel_size=None, **kw):
+        layer = self.layers[layer_idx]  # conv_input [B, C, L]: q, k, v channels before the conv
         if self.prompt_index is None:
             if not layer.is_conv_states_initialized[0]:
                 K = conv_kernel_size
@@ -64,32 +65,35 @@ class SharedLinearStates:
                 layer.conv_kernel_size[0], layer.is_conv_states_initialized[0] = K, True
             return conv_input
         self.linear_reads.add(("conv", layer_idx))
-        # the layer convolves this and keeps the last L outputs: the rows' own, seeing the prompt's tail
-        return torch.cat([layer.conv_states[0][self.prompt_index], conv_input], dim=-1)  # [R, C, K+T]
+        # the layer convolves this and keeps the last T outputs: the rows', seeing the prompt's end
+        past = layer.conv_states[0][self.prompt_index]  # [R, C, K]
+        return torch.cat([past, conv_input], dim=-1)  # [R, C, K+T]
 
     def update_recurrent_state(self, state, layer_idx, state_idx=0, **kwargs):
         layer = self.layers[layer_idx]
         if self.prompt_index is None:
             if not layer.is_recurrent_states_initialized[0]:
-                layer.recurrent_states[0], layer.is_recurrent_states_initialized[0] = state, True
+                layer.recurrent_states[0] = state  # [P, H, dk, dv]
+                layer.is_recurrent_states_initialized[0] = True
         elif {("conv", layer_idx), ("recurrent", layer_idx)} <= self.linear_reads:
             self.reads += 1
         return state
 
 
 def last_columns(x, K):
-    """x [..., L] -> [..., K]: the last K columns, zeros in front when L < K (a prompt shorter than the
-    kernel: the convolution's own zero padding)."""
+    """x [..., L] -> [..., K]: the last K columns, zeros in front when L < K (a prompt shorter than
+    the kernel: the convolution's own zero padding)."""
     return F.pad(x, (max(0, K - x.shape[-1]), 0))[..., -K:]
 
 
 def copy_rows(cache_layer, prefilled, index):
     """Sampling: give a rollout cache's linear layer the rows `index` of the prefilled prompts'
     states (each prompt's states copied into its n rows); decoding then updates them in place."""
-    conv, recurrent = prefilled.conv_states[0][index], prefilled.recurrent_states[0][index]
+    conv = prefilled.conv_states[0][index]  # [R, C, K]
+    recurrent = prefilled.recurrent_states[0][index]  # [R, H, dk, dv]
     cache_layer.lazy_initialization(conv_states=conv, recurrent_states=recurrent)
-    cache_layer.conv_states[0].copy_(conv)                       # [R, C, K]
-    cache_layer.recurrent_states[0].copy_(recurrent)             # [R, H, dk, dv]
+    cache_layer.conv_states[0].copy_(conv)
+    cache_layer.recurrent_states[0].copy_(recurrent)
     cache_layer.has_previous_state[0] = True
 
 

@@ -69,7 +69,8 @@ def load_model(path, dtype=torch.float32, device="cpu", attn_implementation=None
                              f"{bad} {info.get('error_msgs') or ''}")
         model = model.to(device)
     tokenizer.padding_side = "left"
-    tokenizer.assistant_prefill = families.assistant_prefill(tokenizer, path, families.of(model.config))
+    family = families.of(model.config)
+    tokenizer.assistant_prefill = families.assistant_prefill(tokenizer, path, family)  # "" or "<think>\n"
     if model.generation_config.pad_token_id is None:  # generate() pads finished rows with it
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
@@ -166,7 +167,7 @@ class SharedPromptCache(linear_state.SharedLinearStates, DynamicCache):
                                                              # prompts[prompt_index] ++ its own keys/values
     Indexing sums the rows' gradients into the one prompt computation, as if each row had its own copy.
     Calls are idempotent, so a gradient-checkpointed layer replayed in backward sees the same keys.
-    Linear-attention layers (Qwen3.5) share their conv and recurrent states the same way (linear_state.py).
+    Linear-attention layers (Qwen3.5) share their conv and recurrent states alike (linear_state.py).
     """
 
     def __init__(self, config, prompts=None, prompt_index=None):
@@ -390,10 +391,10 @@ def generate(model, batch, n, max_new_tokens, temperature=1.0, top_p=1.0, genera
             # (a growing cache would copy all keys and values at every step)
             cache = RolloutCache(config=model.config, max_cache_len=L + max_new_tokens)
             for layer, prefilled in zip(cache.layers, out.past_key_values.layers):
-                if linear_state.is_linear(layer):  # Qwen3.5's linear attention: conv + recurrent state
+                if linear_state.is_linear(layer):  # Qwen3.5: conv and recurrent states, no keys
                     linear_state.copy_rows(layer, prefilled, prompt_index)
-                else:
-                    layer.update(prefilled.keys[prompt_index], prefilled.values[prompt_index])  # [R, H, L, d]
+                else:  # [R, H, L, d]
+                    layer.update(prefilled.keys[prompt_index], prefilled.values[prompt_index])
             logits = model.lm_head(out.last_hidden_state[prompt_index, -1])  # [R, V]
             mask = F.pad(mask[prompt_index], (0, max_new_tokens), value=1)  # [R, L+max_new_tokens]
             next_pos = continue_positions(positions, max_new_tokens)[:, prompt_index]  # [3, R, max_new_tokens]
@@ -418,8 +419,8 @@ def generate(model, batch, n, max_new_tokens, temperature=1.0, top_p=1.0, genera
                     for layer in cache.layers:
                         if linear_state.is_linear(layer):
                             linear_state.keep_rows(layer, keep)
-                        else:
-                            layer.keys, layer.values = layer.keys[keep], layer.values[keep]  # [r', H, L+max_new, d]
+                        else:  # [r', H, L+max_new, d]
+                            layer.keys, layer.values = layer.keys[keep], layer.values[keep]
                 # the mask covers the tokens so far; HF pads it with zeros over the cache's empty slots
                 out = lm(inputs_embeds=embed(token[:, None]), attention_mask=mask[:, :L + step + 1],
                          position_ids=next_pos[:, :, step:step + 1], past_key_values=cache, use_cache=True)

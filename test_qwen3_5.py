@@ -1,8 +1,9 @@
-"""Qwen3.5 against Hugging Face's own code, on a tiny random Qwen3.5 with the real hybrid layout (3 Gated
-DeltaNet layers + 1 full attention): loading, token ids and template from the checkpoint, M-RoPE positions
-(get_rope_index), left padding through the linear layers, sampling (generate, prompt states copied into
-rows, finished rows leaving), prompt-once log-probs and gradients (with and without gradient
-checkpointing), the thinking template. Run: python -m pytest -q test_qwen3_5.py"""
+"""Qwen3.5 against Hugging Face's own code, on a tiny random Qwen3.5 with the real hybrid layout
+(3 Gated DeltaNet layers + 1 full attention): loading, token ids and template from the checkpoint,
+M-RoPE positions (get_rope_index), left padding through the linear layers, sampling (generate,
+prompt states copied into rows, finished rows leaving), prompt-once log-probs and gradients (with
+and without gradient checkpointing, under DDP), the thinking template.
+Run: python -m pytest -q test_qwen3_5.py   (`python test_qwen3_5.py CKPT OUT`: a DDP rank)"""
 import contextlib
 import copy
 import re
@@ -17,11 +18,11 @@ import data
 import linear_state
 from demo import make_tiny_checkpoint
 from families import QWEN3_5
-from model import (VisionOnceLM, completion_texts, embed_prompts, generate, load_model, micro_batches,
-                   rope_positions, stop_token_ids, token_logprobs)
+from model import (VisionOnceLM, completion_texts, embed_prompts, generate, load_model,
+                   micro_batches, rope_positions, stop_token_ids, token_logprobs)
 from conftest import run_script
-from test_model import (TEXTS, assert_grads_equal, ddp_rows, frames, grads_of, hf_completion_logprobs,
-                        hf_inputs, random_completions, row, text_prompt)
+from test_model import (TEXTS, assert_grads_equal, ddp_rows, frames, grads_of,
+                        hf_completion_logprobs, hf_inputs, random_completions, row, text_prompt)
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +39,15 @@ def loaded35(ckpt35):
 
 def exact_delta_rule(query, key, value, g, beta, initial_state=None, output_final_state=False,
                      use_qk_l2norm_in_kernel=True, **kwargs):
-    """The gated delta rule token by token in float64 (HF's torch_recurrent_gated_delta_rule without its
-    float32 cast): S <- exp(g) S; S += k beta (v - S^T k)^T; o = S^T q, q and k l2-normalised."""
+    """The gated delta rule token by token in float64 (HF's torch_recurrent_gated_delta_rule without
+    its float32 cast): S <- exp(g) S; S += k beta (v - S^T k)^T; o = S^T q; q, k l2-normalised."""
     B, L, Hk, dk = key.shape
     Hv, dv = value.shape[-2:]
     q, k = query.repeat_interleave(Hv // Hk, 2), key.repeat_interleave(Hv // Hk, 2)
-    q, k, v, beta, g = [x.transpose(1, 2).double() for x in (q, k, value, beta, g)]  # [B, H, L, ...]
+    q, k, v, beta, g = [x.transpose(1, 2).double() for x in (q, k, value, beta, g)]  # [B, H, L..]
     q, k = modeling_qwen3_5.l2norm(q) / dk ** 0.5, modeling_qwen3_5.l2norm(k)
-    S = torch.zeros(B, Hv, dk, dv, dtype=torch.float64) if initial_state is None else initial_state.double()
+    S = torch.zeros(B, Hv, dk, dv, dtype=torch.float64)  # [B, H, dk, dv]
+    S = S if initial_state is None else initial_state.double()
     out = []
     for t in range(L):
         S = S * g[:, :, t].exp()[..., None, None]
@@ -69,9 +71,10 @@ def exact64(loaded35, monkeypatch):
 
 
 def assert_grads_close(ours, theirs, decay_rel):
-    """Every gradient within 1e-5 of the reference's norm, the linear layers' decay parameters (A_log,
-    dt_bias, in_proj_a) within decay_rel: HF computes the decay g = -exp(A_log) * softplus(a.float() + dt_bias)
-    in float32 whatever the model's dtype, and their gradient is a sum over all tokens of float32 terms
+    """Every gradient within 1e-5 of the reference's norm, the linear layers' decay parameters
+    (A_log, dt_bias, in_proj_a) within decay_rel: HF computes the decay
+    g = -exp(A_log) * softplus(a.float() + dt_bias) in float32 whatever the model's dtype, and
+    their gradient is a sum over all tokens of float32 terms
     that mostly cancel (the sum is 1e-3 to 1e-6 of the terms), so its rounding depends on how the
     tokens are grouped: prompt and completion together (per row) or apart (prompt once)."""
     decay = [k for k in theirs if k.endswith(("A_log", "dt_bias", "in_proj_a.weight"))]
@@ -95,7 +98,8 @@ def test_exact_delta_rule_is_hf_delta_rule():
     decay, beta = -torch.rand(B, L, Hv, generator=g), torch.rand(B, L, Hv, generator=g)
     S0 = torch.randn(B, Hv, dk, dv, generator=g)
     ours = exact_delta_rule(q, k, v, decay, beta, S0, True)
-    for rule in (modeling_qwen3_5.torch_chunk_gated_delta_rule, modeling_qwen3_5.torch_recurrent_gated_delta_rule):
+    for rule in (modeling_qwen3_5.torch_chunk_gated_delta_rule,
+                 modeling_qwen3_5.torch_recurrent_gated_delta_rule):
         theirs = rule(q, k, v, g=decay, beta=beta, initial_state=S0, output_final_state=True,
                       use_qk_l2norm_in_kernel=True)
         torch.testing.assert_close(ours[0], theirs[0], atol=1e-4, rtol=1e-4)
@@ -111,8 +115,8 @@ def image(H, W, seed):
 
 
 def mixed_batch35(tokenizer):
-    """Left-padded: video (2 temporal patches of 4x4 tokens), image (2x3), text only, video (3 patches
-    of 2x4); all four lengths differ."""
+    """Left-padded: video (2 temporal patches of 4x4 tokens), image (2x3), text only, video
+    (3 patches of 2x4); all four lengths differ."""
     visuals = [video(4, 128, 128, 0), image(64, 96, 1), None, video(6, 64, 128, 2, fps=3.0)]
     prompts = [data.prompt_text(row("video", "Which way does it move?")),
                data.prompt_text(row("image", "What colour?")),
@@ -125,15 +129,16 @@ def test_load_hybrid_checkpoint_ids_and_template_from_the_checkpoint(ckpt35, loa
     model, tokenizer = loaded35
     assert type(model).__name__ == "Qwen3_5ForConditionalGeneration"
     assert model.config.text_config.layer_types == ["linear_attention"] * 3 + ["full_attention"]
-    for name, token in [("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-                        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]:
-        assert getattr(model.config, name) == tokenizer.convert_tokens_to_ids(token)
+    for kind in ("image_pad", "video_pad", "vision_start", "vision_end"):
+        id_in_config = getattr(model.config, kind.replace("_pad", "") + "_token_id")
+        assert id_in_config == tokenizer.convert_tokens_to_ids(f"<|{kind}|>")
     # the thinking template, read from the checkpoint: every prompt ends inside an open <think>
     assert tokenizer.assistant_prefill == "<think>\n"
     batch = mixed_batch35(tokenizer)
     assert tokenizer.decode(batch["input_ids"][2]).endswith("<|im_start|>assistant\n<think>\n")
     ids = tokenizer.encode("red</think>\n<answer>A</answer>", add_special_tokens=False)
-    assert completion_texts(tokenizer, torch.tensor([ids])) == ["<think>\nred</think>\n<answer>A</answer>"]
+    turn = "<think>\nred</think>\n<answer>A</answer>"
+    assert completion_texts(tokenizer, torch.tensor([ids])) == [turn]
 
 
 def test_rope_positions_match_hf_get_rope_index(loaded35):
@@ -144,23 +149,24 @@ def test_rope_positions_match_hf_get_rope_index(loaded35):
     ours = rope_positions(batch["input_ids"], mask, batch["visuals"], model.config)  # [3, B, L]
     inputs = hf_inputs(batch["input_ids"], batch["visuals"], model.config)
     theirs, _ = model.model.get_rope_index(batch["input_ids"], inputs["mm_token_type_ids"],
-                                           inputs.get("image_grid_thw"), inputs["video_grid_thw"], mask)
+                                           inputs["image_grid_thw"], inputs["video_grid_thw"], mask)
     assert torch.equal(ours, theirs)
 
 
 def prefill(model, batch):
     """The language model over a batch of prompts with a cache: (last hidden [B, D], the cache)."""
-    positions = rope_positions(batch["input_ids"], batch["attention_mask"], batch["visuals"], model.config)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    positions = rope_positions(ids, mask, batch["visuals"], model.config)  # [3, B, L]
     with torch.no_grad():
-        out = model.model.language_model(**embed_prompts(model, batch["input_ids"], batch["visuals"]),
-                                         attention_mask=batch["attention_mask"], position_ids=positions,
+        out = model.model.language_model(**embed_prompts(model, ids, batch["visuals"]),
+                                         attention_mask=mask, position_ids=positions,
                                          use_cache=True)
     return out.last_hidden_state[:, -1], out.past_key_values
 
 
-def test_left_padding_does_not_change_a_prompt(loaded35):
-    """The shortest prompt (text, 2nd longest pad run) alone and left-padded in the batch: the same last
-    hidden state and the same conv and recurrent states in every linear layer, within 1e-5."""
+def test_left_padding_does_not_change_a_prompt(loaded35, monkeypatch):
+    """The shortest prompt alone and left-padded in the batch (over 64 pads): the same last hidden
+    state, and the same conv and recurrent states in every linear layer, within 1e-5."""
     model, tokenizer = loaded35
     batch = mixed_batch35(tokenizer)
     b = int(batch["attention_mask"].sum(1).argmin())
@@ -179,12 +185,9 @@ def test_left_padding_does_not_change_a_prompt(loaded35):
         for name in ("conv_states", "recurrent_states"):
             theirs, ours = getattr(unpadded, name)[0], getattr(padded, name)[0][b:b + 1]
             assert theirs.norm() > 0 and (ours - theirs).norm() <= 1e-5 * theirs.norm(), (i, name)
-    # without HF's masking of the pads the states differ: the check above can fail
-    with torch.no_grad():
-        positions = rope_positions(batch["input_ids"], batch["attention_mask"], batch["visuals"], model.config)
-        h_unmasked = model.model.language_model(**embed_prompts(model, batch["input_ids"], batch["visuals"]),
-                                                attention_mask={"full_attention": None, "linear_attention": None},
-                                                position_ids=positions).last_hidden_state[:, -1]
+    # if the linear layers saw the pads (not zeroed), the padded prompt would differ: this can fail
+    monkeypatch.setattr(modeling_qwen3_5, "apply_mask_to_padding_states", lambda h, mask: h)
+    h_unmasked, _ = prefill(model, batch)
     assert (h_unmasked[b] - h_alone[0]).abs().max() > 1e-3
 
 
@@ -201,11 +204,13 @@ def test_greedy_generate_matches_hf_generate_and_rows_leave(loaded35):
     try:
         for stops, T in [(stop_token_ids(tokenizer), 10), (list(range(0, 500, 7)), 24)]:
             rows.clear()
-            out = generate(model, batch, n=[3, 1, 2, 2], max_new_tokens=T, temperature=0, stop_ids=stops)
+            out = generate(model, batch, n=[3, 1, 2, 2], max_new_tokens=T, temperature=0,
+                           stop_ids=stops)
             model.model.rope_deltas = None
-            hf_out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                    **hf_kwargs, do_sample=False, max_new_tokens=T, eos_token_id=stops,
-                                    pad_token_id=tokenizer.pad_token_id)
+            hf_out = model.generate(input_ids=batch["input_ids"],
+                                    attention_mask=batch["attention_mask"], **hf_kwargs,
+                                    do_sample=False, max_new_tokens=T,
+                                    eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
             hf_rows = hf_out[:, batch["input_ids"].shape[1]:][out["prompt_index"]]  # [R, T']
             assert torch.equal(out["completion_ids"], hf_rows)
         assert len(set(out["lengths"].tolist())) >= 3 and rows[1] == 8 and rows[-1] < 8  # rows left
@@ -213,12 +218,23 @@ def test_greedy_generate_matches_hf_generate_and_rows_leave(loaded35):
         hook.remove()
 
 
+def scored(model, batch, rows, weights, per_row=False, temperature=1.0, micro_batch_size=None):
+    """(log-probs, gradients of sum(weights * log-probs)) of rows = (prompt_index, completion_ids,
+    lengths): prompt once (token_logprobs), or per_row (the plain HF forward over full rows)."""
+    if per_row:
+        return grads_of(model, lambda: hf_completion_logprobs(model, batch, *rows, temperature)[0],
+                        weights)
+    return grads_of(model, lambda: token_logprobs(VisionOnceLM(model), batch, *rows, temperature,
+                                                  micro_batch_size), weights)
+
+
 @pytest.mark.parametrize("kind", ["mixed", "video", "image"])
 def test_prompt_once_logprobs_and_gradients_match_hf(exact64, kind):
-    """Each prompt once (its conv and recurrent states and the attention layer's keys/values shared by
-    its rows in the autograd graph) against the per-row HF forward: log-probs within 1e-5, every
-    parameter's gradient within 1e-5 of its norm (decay parameters: assert_grads_close); several prompts per micro-batch, T = 70 > one
-    64-token chunk of the delta rule, and T = 1 (a single-token step from the prompt's states)."""
+    """Each prompt once (its conv and recurrent states and the attention layer's keys/values shared
+    by its rows in the autograd graph) against the per-row HF forward: log-probs within 1e-5, every
+    gradient within 1e-5 of its norm (decay parameters: assert_grads_close); several prompts per
+    micro-batch, T = 70 > one 64-token chunk of the delta rule, and T = 1 (one step from the
+    prompt's states)."""
     model, tokenizer = exact64
     batch = as64(mixed_batch35(tokenizer))
     pick = {"mixed": [0, 1, 2, 3], "video": [0, 3], "image": [1]}[kind]
@@ -226,12 +242,10 @@ def test_prompt_once_logprobs_and_gradients_match_hf(exact64, kind):
              "visuals": [batch["visuals"][p] for p in pick]}
     counts = {"mixed": [3, 2, 1, 2], "video": [2, 3], "image": [3]}[kind]
     for T in (70, 1):
-        prompt_index, completion_ids, lengths = random_completions(tokenizer, counts, T=T, seed=T)
-        weights = torch.randn(completion_ids.shape, generator=torch.Generator().manual_seed(1))  # [R, T]
-        logp, ours = grads_of(model, lambda: token_logprobs(VisionOnceLM(model), batch, prompt_index,
-                                                            completion_ids, lengths, temperature=0.7), weights)
-        ref, theirs = grads_of(model, lambda: hf_completion_logprobs(model, batch, prompt_index, completion_ids,
-                                                                     lengths, temperature=0.7)[0], weights)
+        rows = random_completions(tokenizer, counts, T=T, seed=T)
+        weights = torch.randn(rows[1].shape, generator=torch.Generator().manual_seed(1))  # [R, T]
+        logp, ours = scored(model, batch, rows, weights, temperature=0.7)
+        ref, theirs = scored(model, batch, rows, weights, per_row=True, temperature=0.7)
         torch.testing.assert_close(logp, ref, atol=1e-5, rtol=0)
         assert ours["model.language_model.layers.0.linear_attn.A_log"].abs().sum() > 0
         assert_grads_close(ours, theirs, decay_rel=1e-4)
@@ -239,18 +253,16 @@ def test_prompt_once_logprobs_and_gradients_match_hf(exact64, kind):
 
 def test_prompt_once_in_float32_with_hf_kernels(loaded35):
     """The real path (float32, HF's chunked delta rule or its kernels): log-probs within 1e-5 and
-    gradients within 1e-5 of their norm, except the linear layers' decay parameters (assert_grads_close):
-    their gradient sums exp(cumulative decay) differences over 64-token chunks whose boundaries
-    differ between the two computations; measured 4e-5 to 2e-4, the size of HF's own float32 error
-    on them (2e-5 to 7e-5 against the exact float64 rule), so they get 5e-4."""
+    gradients within 1e-5 of their norm, except the linear layers' decay parameters
+    (assert_grads_close): their gradient sums exp(cumulative decay) differences over 64-token chunks
+    whose boundaries differ between the two computations; measured up to 1.6e-4, the size of HF's
+    own float32 error on them (2e-5 to 7e-5 against the exact float64 rule), so they get 5e-4."""
     model, tokenizer = loaded35
     batch = mixed_batch35(tokenizer)
-    prompt_index, completion_ids, lengths = random_completions(tokenizer, [3, 2, 1, 2], T=70, seed=70)
-    weights = torch.randn(completion_ids.shape, generator=torch.Generator().manual_seed(1))  # [R, T]
-    logp, ours = grads_of(model, lambda: token_logprobs(model, batch, prompt_index, completion_ids,
-                                                        lengths), weights)
-    ref, theirs = grads_of(model, lambda: hf_completion_logprobs(model, batch, prompt_index, completion_ids,
-                                                                 lengths)[0], weights)
+    rows = random_completions(tokenizer, [3, 2, 1, 2], T=70, seed=70)
+    weights = torch.randn(rows[1].shape, generator=torch.Generator().manual_seed(1))  # [R, T]
+    logp, ours = scored(model, batch, rows, weights)
+    ref, theirs = scored(model, batch, rows, weights, per_row=True)
     torch.testing.assert_close(logp, ref, atol=1e-5, rtol=0)
     assert_grads_close(ours, theirs, decay_rel=5e-4)
 
@@ -262,26 +274,26 @@ def test_prompt_once_with_gradient_checkpointing_and_micro_batches(exact64, monk
     engine says so."""
     model, tokenizer = exact64
     batch = as64(mixed_batch35(tokenizer))
-    prompt_index, completion_ids, lengths = random_completions(tokenizer, [5, 1, 1, 3], T=9, seed=5)
-    weights = torch.randn(completion_ids.shape, generator=torch.Generator().manual_seed(6))  # [R, T]
-    assert len(micro_batches(prompt_index, 3)) == 4
-    ref, theirs = grads_of(model, lambda: hf_completion_logprobs(model, batch, prompt_index, completion_ids,
-                                                                 lengths)[0], weights)
+    rows = random_completions(tokenizer, [5, 1, 1, 3], T=9, seed=5)
+    weights = torch.randn(rows[1].shape, generator=torch.Generator().manual_seed(6))  # [R, T]
+    assert len(micro_batches(rows[0], 3)) == 4
+    ref, theirs = scored(model, batch, rows, weights, per_row=True)
     calls = []  # Gated DeltaNet calls of layer 0: forward passes plus replays
-    hook = model.model.language_model.layers[0].linear_attn.register_forward_hook(lambda *a: calls.append(1))
+    layer0 = model.model.language_model.layers[0].linear_attn
+    hook = layer0.register_forward_hook(lambda *a: calls.append(1))
     model.train()
     model.activation_checkpointing_enable({"use_reentrant": False})
     try:
-        logp, ours = grads_of(model, lambda: token_logprobs(VisionOnceLM(model), batch, prompt_index,
-                                                            completion_ids, lengths, micro_batch_size=3), weights)
-        monkeypatch.setattr(linear_state.SharedLinearStates, "get_recurrent_state", lambda *a, **k: None)
+        logp, ours = scored(model, batch, rows, weights, micro_batch_size=3)
+        monkeypatch.setattr(linear_state.SharedLinearStates, "get_recurrent_state",
+                            lambda *a, **k: None)
         with pytest.raises(RuntimeError, match="layers read the prompt cache"):
-            token_logprobs(VisionOnceLM(model), batch, prompt_index, completion_ids, lengths)
+            token_logprobs(VisionOnceLM(model), batch, *rows)
     finally:
         model.activation_checkpointing_disable()
         model.eval()
         hook.remove()
-    assert len(calls) == 4 * 2 * 2 + 2  # 4 micro-batches x (prompts, completions) x (forward, replay) + error
+    assert len(calls) == 4 * 2 * 2 + 2  # 4 micro-batches x (prompts, completions) x (fwd, replay), +2
     torch.testing.assert_close(logp, ref, atol=1e-5, rtol=0)
     assert_grads_close(ours, theirs, decay_rel=1e-4)
 
@@ -315,9 +327,10 @@ def exact_delta_rule_everywhere():
 
 
 def ddp_half(ckpt, out):
-    """Run by accelerate on 2 CPU processes: DDP-wrapped VisionOnceLM over the float64 tiny Qwen3.5 with
-    the exact delta rule, gradient checkpointing, one forward and backward per micro-batch (no_sync
-    but the last), as tgrpo.py trains; the rows of test_model's DDP test (a group cut on rank 1)."""
+    """Run by accelerate on 2 CPU processes: DDP-wrapped VisionOnceLM over the float64 tiny Qwen3.5
+    with the exact delta rule, gradient checkpointing, one forward and backward per micro-batch
+    (no_sync but the last), as tgrpo.py trains; the rows of test_model's DDP test (rank 1 cuts a
+    group over two micro-batches)."""
     from accelerate import Accelerator
     exact_delta_rule_everywhere()
     accelerator = Accelerator()
@@ -330,10 +343,12 @@ def ddp_half(ckpt, out):
     chunks = micro_batches(prompt_index, 3)
     for j, rows in enumerate(chunks):
         with contextlib.nullcontext() if j == len(chunks) - 1 else accelerator.no_sync(policy):
-            logp = token_logprobs(policy, batch, prompt_index[rows], completion_ids[rows], lengths[rows])
+            logp = token_logprobs(policy, batch, prompt_index[rows], completion_ids[rows],
+                                  lengths[rows])
             accelerator.backward((logp * weights[rows]).sum())
     if accelerator.is_main_process:
-        torch.save({"grads": {k: p.grad for k, p in model.named_parameters()}, "chunks": len(chunks)}, out)
+        grads = {k: p.grad for k, p in model.named_parameters()}
+        torch.save({"grads": grads, "chunks": len(chunks)}, out)
     accelerator.wait_for_everyone()
     accelerator.end_training()
 
@@ -351,8 +366,8 @@ def test_prompt_once_under_ddp(ckpt35, exact64, tmp_path):
         losses = []
         for rank in (0, 1):
             prompt_index, completion_ids, lengths, weights = ddp_rows(tokenizer, rank)
-            losses.append((hf_completion_logprobs(model, batch, prompt_index, completion_ids, lengths)[0]
-                           * weights).sum())
+            logp = hf_completion_logprobs(model, batch, prompt_index, completion_ids, lengths)[0]
+            losses.append((logp * weights).sum())
         return (losses[0] + losses[1]) / 2
 
     _, theirs = grads_of(model, reference, torch.ones((), dtype=torch.float64))
