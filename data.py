@@ -150,10 +150,10 @@ def sft_target(row):
 
 
 def after_prefill(target, prefill):
-    """An assistant turn's text as it follows the prompt's prefill (model.assistant_prefill; "<think>\\n"
-    for Qwen3.5, where the prompt opens the think block): the reasoning without its opening tag, or,
-    for a target without reasoning (the warm-up's bare answers), the empty think block that Qwen3.5
-    writes when it does not think. Without a prefill the target is unchanged.
+    """An assistant turn's text as it follows the prompt's prefill (families.assistant_prefill:
+    "<think>\\n" for Qwen3.5, whose prompt opens the think block): the reasoning without its
+    opening tag, or, for a target without reasoning (the warm-up's bare answers), the empty think
+    block that Qwen3.5 writes when it does not think. Without a prefill the target is unchanged.
 
     >>> after_prefill("<think>It moves right.</think>\\n<answer>B</answer>", "<think>\\n")
     'It moves right.</think>\\n<answer>B</answer>'
@@ -381,7 +381,7 @@ def collate(prompts, visuals, tokenizer):
     if tokenizer.pad_token_id is None or any(i is None or i == tokenizer.unk_token_id for i in pad_ids.values()):
         raise ValueError("tokenizer needs a pad token and the tokens <|video_pad|> and <|image_pad|>")
     seqs = []
-    prefill = getattr(tokenizer, "assistant_prefill", "")  # "<think>\n" for Qwen3.5 (model.load_model)
+    prefill = getattr(tokenizer, "assistant_prefill", "")  # Qwen3.5: "<think>\n" (model.load_model)
     for b, (prompt, visual) in enumerate(zip(prompts, visuals, strict=True)):
         prompt += prefill
         ids = tokenizer.encode(prompt, add_special_tokens=False)

@@ -13,7 +13,7 @@ place a visual's tokens on the M-RoPE axes (temporal, height, width) the same wa
   states of the first language layers at the visual positions.
 - Qwen3.5: Qwen3-VL's vision input without DeepStack; a hybrid language model (three of four layers
   Gated DeltaNet, linear attention with conv and recurrent states: linear_state.py) and a chat
-  template that opens "<think>\n" in the prompt (assistant_prefill).
+  template that opens "<think>\\n" in the prompt (assistant_prefill).
 A reader of one family can skip the other's block. The M-RoPE positions of a batch (rope_positions,
 used through model.py) are here too: one rule for both families, visual_runs being the difference.
 """
@@ -36,7 +36,7 @@ class Family:
     image_std: tuple
     timestamps: bool         # video time as text "<t seconds>" before each temporal patch
     deepstack: bool          # vision levels added to the first language layers' hidden states
-    thinking: bool           # chat template may open "<think>\n" in the prompt (model.assistant_prefill)
+    thinking: bool           # chat template may open "<think>\\n" in the prompt (assistant_prefill)
     lora_targets: dict       # LoRA part -> PEFT full-match regex over the module names
 
     @property
@@ -67,14 +67,15 @@ QWEN3_VL = Family(
                             r"|(merger|deepstack_merger_list\.\d+)\.linear_fc[12])"})
 
 # Qwen3.5: Qwen3-VL's vision input (processor, timestamps, patch 16) without DeepStack; the language
-# model is hybrid: three of four layers are Gated DeltaNet (linear attention: a convolution state and a
-# recurrent state instead of keys/values, linear_state.py), the fourth full attention.
+# model is hybrid: three of four layers are Gated DeltaNet (linear attention: a convolution state
+# and a recurrent state instead of keys/values, linear_state.py), the fourth full attention.
 QWEN3_5 = Family(
     name="qwen3_5", model_class=Qwen3_5ForConditionalGeneration, patch_size=16,
     image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
     timestamps=True, deepstack=False, thinking=True,
-    lora_targets={"language": r"model\.language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj"
-                              r"|linear_attn\.(in_proj_(qkv|z|a|b)|out_proj)|mlp\.(gate|up|down)_proj)",
+    lora_targets={"language": r"model\.language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|"
+                              r"linear_attn\.(in_proj_(qkv|z|a|b)|out_proj)|"
+                              r"mlp\.(gate|up|down)_proj)",
                   "vision": r"model\.visual\.(blocks\.\d+\.(attn\.(qkv|proj)|mlp\.linear_fc[12])"
                             r"|merger\.linear_fc[12])"})
 
@@ -91,11 +92,12 @@ def of(config):
 
 def assistant_prefill(tokenizer, path, family):
     """The text the checkpoint's chat template opens the assistant turn with, which the prompt then
-    ends with: "" (Instruct templates: the completion opens <think> itself) or "<think>\\n" (Qwen3.5,
-    which thinks by default: the completion starts inside the think block; data.collate appends it
-    to every prompt, model.completion_texts puts it back before the rewards read a completion,
-    data.after_prefill drops it from the SFT targets). For a family not marked `thinking` (Qwen3-VL,
-    whose Instruct checkpoints are the ones trained) such a template is refused with the reason."""
+    ends with: "" (Instruct templates: the completion opens <think> itself) or "<think>\\n"
+    (Qwen3.5, which thinks by default: the completion starts inside the think block; data.collate
+    appends it to every prompt, model.completion_texts puts it back before the rewards read a
+    completion, data.after_prefill drops it from the SFT targets). For a family not marked
+    `thinking` (Qwen3-VL, whose Instruct checkpoints are the ones trained) such a template is
+    refused with the reason."""
     if tokenizer.chat_template is None:
         return ""
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "?"}], tokenize=False,

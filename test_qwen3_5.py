@@ -255,8 +255,9 @@ def test_prompt_once_in_float32_with_hf_kernels(loaded35):
     """The real path (float32, HF's chunked delta rule or its kernels): log-probs within 1e-5 and
     gradients within 1e-5 of their norm, except the linear layers' decay parameters
     (assert_grads_close): their gradient sums exp(cumulative decay) differences over 64-token chunks
-    whose boundaries differ between the two computations; measured up to 1.6e-4, the size of HF's
-    own float32 error on them (2e-5 to 7e-5 against the exact float64 rule), so they get 5e-4."""
+    whose boundaries differ between the two computations; measured 1.7e-5 here (up to 1.6e-4 with
+    transformers' default decay init), the size of HF's own float32 error on them (2e-5 to 7e-5
+    against the exact float64 rule), so they get 1e-4."""
     model, tokenizer = loaded35
     batch = mixed_batch35(tokenizer)
     rows = random_completions(tokenizer, [3, 2, 1, 2], T=70, seed=70)
@@ -264,7 +265,7 @@ def test_prompt_once_in_float32_with_hf_kernels(loaded35):
     logp, ours = scored(model, batch, rows, weights)
     ref, theirs = scored(model, batch, rows, weights, per_row=True)
     torch.testing.assert_close(logp, ref, atol=1e-5, rtol=0)
-    assert_grads_close(ours, theirs, decay_rel=5e-4)
+    assert_grads_close(ours, theirs, decay_rel=1e-4)
 
 
 def test_prompt_once_with_gradient_checkpointing_and_micro_batches(exact64, monkeypatch):
