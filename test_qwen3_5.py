@@ -166,7 +166,8 @@ def prefill(model, batch):
 
 def test_left_padding_does_not_change_a_prompt(loaded35, monkeypatch):
     """The shortest prompt alone and left-padded in the batch (over 64 pads): the same last hidden
-    state, and the same conv and recurrent states in every linear layer, within 1e-5."""
+    state, the same conv and recurrent states in every linear layer (within 1e-5), the same greedy
+    completion."""
     model, tokenizer = loaded35
     batch = mixed_batch35(tokenizer)
     b = int(batch["attention_mask"].sum(1).argmin())
@@ -185,6 +186,10 @@ def test_left_padding_does_not_change_a_prompt(loaded35, monkeypatch):
         for name in ("conv_states", "recurrent_states"):
             theirs, ours = getattr(unpadded, name)[0], getattr(padded, name)[0][b:b + 1]
             assert theirs.norm() > 0 and (ours - theirs).norm() <= 1e-5 * theirs.norm(), (i, name)
+    # and sampling from it: greedy decoding of the padded prompt = of the prompt alone
+    decode = lambda prompts: generate(model, prompts, n=1, max_new_tokens=12, temperature=0,
+                                      stop_ids=[])["completion_ids"]  # [B, 12]
+    assert torch.equal(decode(batch)[b], decode(alone)[0])
     # if the linear layers saw the pads (not zeroed), the padded prompt would differ: this can fail
     monkeypatch.setattr(modeling_qwen3_5, "apply_mask_to_padding_states", lambda h, mask: h)
     h_unmasked, _ = prefill(model, batch)
