@@ -238,7 +238,7 @@ def test_prompt_once_logprobs_and_gradients_match_hf(exact64, kind):
     """Each prompt once (its conv and recurrent states and the attention layer's keys/values shared
     by its rows in the autograd graph) against the per-row HF forward: log-probs within 1e-5, every
     gradient within 1e-5 of its norm (decay parameters: assert_grads_close); several prompts per
-    micro-batch, T = 70 > one 64-token chunk of the delta rule, and T = 1 (one step from the
+    micro-batch; mixed: T = 70 > one 64-token chunk of the delta rule, and T = 1 (one step from the
     prompt's states)."""
     model, tokenizer = exact64
     batch = as64(mixed_batch35(tokenizer))
@@ -246,7 +246,7 @@ def test_prompt_once_logprobs_and_gradients_match_hf(exact64, kind):
     batch = {"input_ids": batch["input_ids"][pick], "attention_mask": batch["attention_mask"][pick],
              "visuals": [batch["visuals"][p] for p in pick]}
     counts = {"mixed": [3, 2, 1, 2], "video": [2, 3], "image": [3]}[kind]
-    for T in (70, 1):
+    for T in {"mixed": (70, 1), "video": (5,), "image": (5,)}[kind]:
         rows = random_completions(tokenizer, counts, T=T, seed=T)
         weights = torch.randn(rows[1].shape, generator=torch.Generator().manual_seed(1))  # [R, T]
         logp, ours = scored(model, batch, rows, weights, temperature=0.7)
