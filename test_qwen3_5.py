@@ -233,6 +233,30 @@ def scored(model, batch, rows, weights, per_row=False, temperature=1.0, micro_ba
                                                   micro_batch_size), weights)
 
 
+def test_sampled_rows_leave_the_batch_with_their_states(loaded35):
+    """Sampling (temperature 1, top_p 0.9): with stop ids, rows finish at different steps and leave
+    the batch, their conv, recurrent and key/value states dropped; every row's tokens up to its stop
+    equal those of the same seed's run without stop ids (no row ever leaves): the states of the
+    rows that stay are untouched by the compaction."""
+    model, tokenizer = loaded35
+    batch = mixed_batch35(tokenizer)
+    rows = []  # rows in each language-model call
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda m, args, kwargs: rows.append(kwargs["inputs_embeds"].shape[0]), with_kwargs=True)
+    run = lambda stops: generate(model, batch, n=[3, 1, 2, 2], max_new_tokens=32, temperature=1.0,
+                                 top_p=0.9, generator=torch.Generator().manual_seed(0), stop_ids=stops)
+    try:
+        kept = run([])
+        rows.clear()
+        left = run(list(range(0, 500, 11)))
+    finally:
+        hook.remove()
+    assert rows[1] == 8 and rows[-1] < 8 and len(set(left["lengths"].tolist())) >= 3  # rows left
+    for r, n in enumerate(left["lengths"].tolist()):
+        assert torch.equal(left["completion_ids"][r, :n], kept["completion_ids"][r, :n]), r
+    assert len({tuple(r) for r in kept["completion_ids"][:3].tolist()}) == 3  # a prompt's rows differ
+
+
 @pytest.mark.parametrize("kind", ["mixed", "video", "image"])
 def test_prompt_once_logprobs_and_gradients_match_hf(exact64, kind):
     """Each prompt once (its conv and recurrent states and the attention layer's keys/values shared
