@@ -208,8 +208,10 @@ def show_samples(hf, tokenizer, rows, media, metrics_log):
                           stop_ids=engine.stop_token_ids(tokenizer))
     texts = engine.completion_texts(tokenizer, out["completion_ids"])  # after the prompt's prefill
     fmt = [format_reward(t) for t in texts]
-    bare = target_format == "answer"  # the warm-up's answers have no tags (nor reasoning)
-    answers = [f"<answer>{t.rpartition('</think>')[2].strip()}</answer>" if bare else t for t in texts]
+    bare = target_format == "answer"  # the warm-up's answers have no tags
+    if bare and getattr(tokenizer, "assistant_prefill", ""):  # Qwen3.5: after an empty think block
+        texts = [t.rpartition("</think>")[2].lstrip("\n") for t in texts]
+    answers = [f"<answer>{t}</answer>" if bare else t for t in texts]
     acc = [accuracy_reward(a, r["solution"], r["problem_type"]) for a, r in zip(answers, rows)]
     with open(os.path.join(out_dir, "samples.txt"), "w") as f:
         for r, t, a, m in zip(rows, texts, acc, fmt):
