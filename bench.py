@@ -4,6 +4,8 @@ bench.py: what each speed lever of model.py is worth, measured side by side in o
     python bench.py                                   # random-weight Qwen2.5-VL on CPU, about 10 minutes
     python bench.py --parts=rollout,logprob          # some parts: rollout, logprob, sft, step, media, prefetch
     python bench.py --device=cuda --dtype=bfloat16    # the same on a GPU
+    python bench.py --family=qwen3_5 --parts=rollout,logprob,sft   # tiny hybrid Qwen3.5 (2*num_layers
+                                                      # layers, 3 of 4 Gated DeltaNet), 224x224 = 7x7 tokens
 
 Both sides of a comparison get the same model and inputs; they alternate, and the best of `repeats`
 runs after a warm-up counts. On a CPU with threads=1 the clock is the process's CPU time, which other
@@ -51,6 +53,7 @@ import torch
 from transformers import LogitsProcessorList
 
 import data
+import families
 from configurator import configure
 from demo import make_tiny_checkpoint
 from model import VisionOnceLM, embed_prompts, generate, load_model, token_logprobs
@@ -58,7 +61,8 @@ from model import VisionOnceLM, embed_prompts, generate, load_model, token_logpr
 device = "cpu"             # "cuda" on a GPU machine
 dtype = "float32"          # "bfloat16" on a GPU
 threads = 1                # torch CPU threads: 1 gives steady timings on a shared machine
-parts = "rollout,logprob,sft,step,media,prefetch"
+parts = "rollout,logprob,sft,step,media,prefetch"  # step, media, prefetch: Qwen2.5-VL only
+family = "qwen2_5_vl"      # the tiny model's model_type: qwen2_5_vl, qwen3_vl, qwen3_5
 num_prompts = 2            # video prompts per rollout batch
 G = 8                      # ordered samples per prompt (paper)
 G_shuffled = 4             # shuffled-frame samples per prompt (paper)
@@ -78,6 +82,7 @@ media_dir = "out/bench_media"  # the H.264 files, written on first use
 prefetch_steps = 8         # steps of the prefetch loop (the four clips in turn)
 seed = 0
 config = configure(globals())
+fam = families.of(family)
 
 torch.manual_seed(seed)
 torch_dtype = getattr(torch, dtype)
@@ -137,8 +142,9 @@ def hf_video_inputs(input_ids, visuals):
     """HF's inputs for rows that each carry a video: token types and the videos in row order."""
     return {"mm_token_type_ids": (input_ids == hf.config.video_token_id).long() * 2,
             "pixel_values_videos": torch.cat([v["pixel_values"] for v in visuals]).to(device),
-            "video_grid_thw": torch.stack([v["grid_thw"] for v in visuals]).to(device),
-            "second_per_grid_ts": torch.tensor([v["second_per_grid_t"] for v in visuals], device=device)}
+            "video_grid_thw": torch.stack([v["grid_thw"] for v in visuals]).to(device)} | (
+        {} if fam.timestamps else  # Qwen3-VL, Qwen3.5: time is in the text
+        {"second_per_grid_ts": torch.tensor([v["second_per_grid_t"] for v in visuals], device=device)})
 
 
 def video_row(i):
@@ -150,13 +156,15 @@ def video_row(i):
 texts = [data.QUESTION_TEMPLATE, *data.TYPE_TEMPLATE.values(), data.SYSTEM_PROMPT, "<think>let me think</think>"]
 with tempfile.TemporaryDirectory() as tmp:
     make_tiny_checkpoint(tmp, texts, seed=seed, hidden_size=hidden_size, num_layers=num_layers,
-                         vision_hidden_size=vision_hidden_size, vision_depth=vision_depth)
+                         vision_hidden_size=vision_hidden_size, vision_depth=vision_depth, model_type=family)
     hf, tokenizer = load_model(tmp, dtype=torch_dtype, device=device)
 hf.requires_grad_(True)
 g = torch.Generator().manual_seed(seed)
 videos = [torch.rand(frames, 3, frame_size, frame_size, generator=g) for _ in range(num_prompts)]  # [T, 3, H, W]
-ordered = [data.make_visual(v, 1.0) for v in videos]  # 16 frames at 2 fps: 1 s per frame pair
-shuffled = [data.make_visual(data.shuffle_frames(v, g), 1.0) for v in videos]
+# 16 frames at 2 fps: 1 s per frame pair (Qwen3-VL, Qwen3.5: the frames' times)
+time_of = lambda: [i / 2 for i in range(frames)] if fam.timestamps else 1.0
+ordered = [data.make_visual(v, time_of(), fam) for v in videos]
+shuffled = [data.make_visual(data.shuffle_frames(v, g), time_of(), fam) for v in videos]
 prompts = [data.prompt_text(video_row(i)) for i in range(num_prompts)]
 batch = data.collate(prompts + prompts, ordered + shuffled, tokenizer)  # ordered prompts, then shuffled
 n_visual = int(ordered[0]["grid_thw"].prod()) // 4
@@ -257,7 +265,8 @@ if "logprob" in wanted:
                      t_ours, t_hf, ">= 3x, less memory"))
 
 if "sft" in wanted:  # 8 rows, 8 prompts: nothing to share, so this checks the two-pass form costs nothing
-    sft_videos = [data.make_visual(torch.rand(frames, 3, frame_size, frame_size, generator=g), 1.0) for _ in range(8)]
+    sft_videos = [data.make_visual(torch.rand(frames, 3, frame_size, frame_size, generator=g), time_of(), fam)
+                  for _ in range(8)]
     sft_batch = data.collate([prompts[0]] * 8, sft_videos, tokenizer)
     sft_ids = torch.randint(0, first_special, (8, 128), generator=g)
     sft_rows = torch.arange(8)
@@ -455,7 +464,8 @@ vision_cost = (4 * sum(p.numel() for p in visual.blocks.parameters())
 lm_cost = sum(p.numel() for p in hf.model.language_model.layers.parameters())
 print(f"command: python {' '.join(sys.argv)}")
 print(f"device {device} ({torch.get_num_threads()} threads), {dtype}, torch {torch.__version__}; "
-      f"text {hidden_size}x{num_layers} layers, vision {vision_hidden_size}x{vision_depth} blocks, "
+      f"{family}: text {hidden_size}x{len(hf.model.language_model.layers)} layers, "
+      f"vision {vision_hidden_size}x{vision_depth} blocks, "
       f"{sum(p.numel() for p in hf.parameters()) / 1e6:.1f}M params, vocab {len(tokenizer)}; "
       f"vision/LM cost per visual token {vision_cost / lm_cost:.2f}")
 print(f"video prompts: {frames} frames of {frame_size}x{frame_size} -> {n_visual} visual tokens, "

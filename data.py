@@ -152,6 +152,24 @@ def sft_target(row):
     return row["process"] + "\n" + row["solution"]
 
 
+def after_prefill(target, prefill):
+    """An assistant turn's text as it follows the prompt's prefill (families.assistant_prefill:
+    "<think>\\n" for Qwen3.5, whose prompt opens the think block): the reasoning without its
+    opening tag, or, for a target without reasoning (the warm-up's bare answers), the empty think
+    block that Qwen3.5 writes when it does not think. Without a prefill the target is unchanged.
+
+    >>> after_prefill("<think>It moves right.</think>\\n<answer>B</answer>", "<think>\\n")
+    'It moves right.</think>\\n<answer>B</answer>'
+    >>> after_prefill("B", "<think>\\n"), after_prefill("B", "")
+    ('\\n</think>\\n\\nB', 'B')
+    """
+    if not prefill:
+        return target
+    if target.startswith("<think>"):
+        return target[len("<think>"):].lstrip("\n")
+    return "\n</think>\n\n" + target
+
+
 def smart_resize(height, width, min_pixels, max_pixels, factor=QWEN2_5_VL.factor):
     """Sides rounded to multiples of `factor`, aspect kept, area scaled into [min_pixels, max_pixels].
 
@@ -368,7 +386,9 @@ def collate(prompts, visuals, tokenizer):
     if tokenizer.pad_token_id is None or any(i is None or i == tokenizer.unk_token_id for i in pad_ids.values()):
         raise ValueError("tokenizer needs a pad token and the tokens <|video_pad|> and <|image_pad|>")
     seqs = []
+    prefill = getattr(tokenizer, "assistant_prefill", "")  # Qwen3.5: "<think>\n" (model.load_model)
     for b, (prompt, visual) in enumerate(zip(prompts, visuals, strict=True)):
+        prompt += prefill
         ids = tokenizer.encode(prompt, add_special_tokens=False)
         counts = {kind: ids.count(i) for kind, i in pad_ids.items()}
         want = {kind: int(visual is not None and visual["kind"] == kind) for kind in pad_ids}

@@ -7,7 +7,8 @@ ordered and shuffled frames, before and after RL.
 
 Each stage is an ordinary script with its demo config, so any of them can be re-run alone:
     python demo.py assets                           # only the world, the tiny model and its warm-up
-    python demo.py --family=qwen3_vl                # all on a tiny Qwen3-VL (config/*_qwen3vl.py)
+    python demo.py --family=qwen3_vl                # the same on a tiny Qwen3-VL (config/*_qwen3vl.py)
+    python demo.py --family=qwen3_5                 # on a tiny hybrid Qwen3.5 (config/*_qwen3_5.py)
     python sft.py config/sft_demo.py
     python tgrpo.py config/tgrpo_demo.py            # + config/tgrpo_grpo.py: plain GRPO
     python eval.py config/eval_demo.py --model_path=out/tgrpo_demo --shuffle=True
@@ -33,6 +34,9 @@ TGRPO_DEMO = "out/tgrpo_demo"
 QWEN3_DEMO = {"model": "demo/tiny-qwen3-vl", "warm": "demo/tiny-qwen3-vl-warm",
               "sft": "out/sft_demo_qwen3vl", "tgrpo": "out/tgrpo_demo_qwen3vl",
               "eval": "out/eval_{}_demo_qwen3vl"}
+QWEN3_5_DEMO = {"model": "demo/tiny-qwen3.5", "warm": "demo/tiny-qwen3.5-warm",
+                "sft": "out/sft_demo_qwen3_5", "tgrpo": "out/tgrpo_demo_qwen3_5",
+                "eval": "out/eval_{}_demo_qwen3_5"}  # config/*_qwen3_5.py
 QWEN25_DEMO = {"model": DEMO_MODEL, "warm": DEMO_PRETRAINED, "sft": SFT_DEMO, "tgrpo": TGRPO_DEMO,
                "eval": "out/eval_{}_demo"}
 
@@ -64,12 +68,19 @@ CHAT_TEMPLATE = (
 QWEN3_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(  # Qwen3-VL-Instruct renders no default system turn
     "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
     "You are a helpful assistant.<|im_end|>\n{% endif %}", "")
+# Qwen3.5 thinks by default: the assistant turn opens the think block (enable_thinking=False closes an
+# empty one instead, which Video-R1's <think>...</think><answer>...</answer> has no use for).
+QWEN3_5_CHAT_TEMPLATE = QWEN3_CHAT_TEMPLATE.replace(
+    "<|im_start|>assistant\n{% endif %}",
+    "<|im_start|>assistant\n{% if enable_thinking is defined and enable_thinking is false %}"
+    "<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}{% endif %}")
 
 
 def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64, num_layers=2,
                          vision_hidden_size=64, vision_depth=2, rope_theta=10.0,
                          model_type="qwen2_5_vl"):
-    """Write a random-weight Qwen2.5-VL (model_type="qwen3_vl": Qwen3-VL, DeepStack included) and a
+    """Write a random-weight Qwen2.5-VL (model_type="qwen3_vl": Qwen3-VL, DeepStack included;
+    "qwen3_5": Qwen3.5, Gated DeltaNet + full attention, thinking chat template) and a
     byte-level BPE tokenizer with the family's special tokens, trained on `texts`, to `out_dir`.
 
     Real architecture, toy sizes: trains on a laptop CPU in minutes. The layout is the standard HF one
@@ -84,7 +95,7 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import AutoTokenizer, GenerationConfig, Qwen2_5_VLConfig
     from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
-    qwen3 = model_type in ("qwen3_vl", "qwen3_vl_moe")
+    qwen3 = model_type in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5")
     added = ADDED_TOKENS + QWEN3_ADDED_TOKENS * qwen3
 
     # 1. tokenizer: Qwen2's byte-level BPE pipeline, trained on the given texts
@@ -103,7 +114,8 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
     tokenizer = Qwen2Tokenizer(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                unk_token=None, model_max_length=32768, clean_up_tokenization_spaces=False)
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})  # known as special
-    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE if qwen3 else CHAT_TEMPLATE
+    tokenizer.chat_template = {"qwen3_vl": QWEN3_CHAT_TEMPLATE, "qwen3_vl_moe": QWEN3_CHAT_TEMPLATE,
+                               "qwen3_5": QWEN3_5_CHAT_TEMPLATE}.get(model_type, CHAT_TEMPLATE)
     tokenizer.save_pretrained(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(out_dir)  # ids exactly as a loader will see them
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
@@ -115,27 +127,33 @@ def make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=2048, hidden_size=64
     # from right. rope_theta 10 gives every axis rotations of 0.13-1 rad per position.
     half = hidden_size // 4 // 2
     mrope_section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=32768, rms_norm_eps=1e-6,
-                         rope_parameters=dict(rope_type="default", rope_theta=rope_theta, mrope_section=mrope_section),
-                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"]),
-        vision_config=dict(depth=vision_depth, hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size,
-                           num_heads=4, out_hidden_size=hidden_size, patch_size=14, temporal_patch_size=2,
-                           spatial_merge_size=2, window_size=112, fullatt_block_indexes=[vision_depth - 1],
-                           tokens_per_second=2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False)
-    if qwen3:  # Qwen3-VL at the same toy sizes instead
+    if model_type == "qwen3_5":
+        config = tiny_qwen3_5_config(ids, len(tokenizer), hidden_size, num_layers, vision_hidden_size,
+                                     vision_depth, rope_theta)
+    elif qwen3:
         config = tiny_qwen3_vl_config(ids, len(tokenizer), hidden_size, num_layers,
                                       vision_hidden_size, vision_depth, rope_theta,
                                       moe=model_type == "qwen3_vl_moe")
+    else:
+        config = Qwen2_5_VLConfig(
+            text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                             num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=32768, rms_norm_eps=1e-6,
+                             rope_parameters=dict(rope_type="default", rope_theta=rope_theta, mrope_section=mrope_section),
+                             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                             pad_token_id=ids["<|endoftext|>"]),
+            vision_config=dict(depth=vision_depth, hidden_size=vision_hidden_size, intermediate_size=2 * vision_hidden_size,
+                               num_heads=4, out_hidden_size=hidden_size, patch_size=14, temporal_patch_size=2,
+                               spatial_merge_size=2, window_size=112, fullatt_block_indexes=[vision_depth - 1],
+                               tokens_per_second=2),
+            image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+            tie_word_embeddings=False)
     with torch.random.fork_rng():  # seeded init without disturbing the caller's RNG
         torch.manual_seed(seed)
         model = families.of(config).model_class(config)
+    if model_type == "qwen3_5":
+        spread_linear_memory(model)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]])
@@ -173,6 +191,50 @@ def tiny_qwen3_vl_config(ids, vocab_size, hidden_size, num_layers, vision_hidden
         tie_word_embeddings=False)
 
 
+def tiny_qwen3_5_config(ids, vocab_size, hidden_size, num_layers, vision_hidden_size, vision_depth,
+                        rope_theta):
+    """Qwen3.5 at toy sizes, the real hybrid layout: 2 * num_layers layers, every fourth full attention
+    (num_layers=2: linear, linear, linear, full), Gated DeltaNet with 2 key heads serving 4 value
+    heads (the real ratio is 1:2 too) and a kernel-4 convolution; full attention with head_dim 32,
+    its rotary quarter (8 dims, 4 frequencies) split [2, 1, 1] over (temporal, height, width),
+    interleaved like the real [11, 11, 10] of 64 dims. No DeepStack. No pad_token_id in the text
+    config: it would zero the pad token's embedding, and a zero input hides whether the linear
+    layers mask left padding (a trained <|endoftext|> embedding is not zero)."""
+    from transformers import Qwen3_5Config
+    return Qwen3_5Config(
+        text_config=dict(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=2 * num_layers, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=32, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                         linear_conv_kernel_dim=4, linear_key_head_dim=16, linear_value_head_dim=16,
+                         linear_num_key_heads=2, linear_num_value_heads=4, full_attention_interval=4,
+                         rope_parameters=dict(rope_type="default", rope_theta=rope_theta,
+                                              partial_rotary_factor=0.25, mrope_section=[2, 1, 1],
+                                              mrope_interleaved=True),
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"]),
+        vision_config=dict(depth=vision_depth, hidden_size=vision_hidden_size,
+                           intermediate_size=2 * vision_hidden_size, num_heads=4, out_hidden_size=hidden_size,
+                           patch_size=16, temporal_patch_size=2, spatial_merge_size=2,
+                           num_position_embeddings=64),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False)
+
+
+def spread_linear_memory(model):
+    """Give each Gated DeltaNet layer's heads memories from thousands of tokens down to one, as in the
+    delta rule's own initialisation (A in [1, 16], time step dt in [0.001, 0.1], dt_bias = softplus^-1
+    of it; decay per token exp(-A * dt)). transformers' init (dt_bias = 1) makes every head forget
+    within a few tokens, so a tiny model could not show a state that carries across a long prompt."""
+    import torch
+    for layer in model.model.language_model.layers:
+        if layer.block_type == "linear_attention":
+            net = layer.linear_attn
+            dt = torch.logspace(-3, -1, net.num_v_heads)  # [H] head 0 remembers longest
+            with torch.no_grad():
+                net.dt_bias.copy_(torch.log(torch.expm1(dt)))
+                net.A_log.copy_(torch.linspace(1, 16, net.num_v_heads).log())
+
+
 def ensure_demo_assets(warm=True, model_type="qwen2_5_vl"):
     """Build what is missing of the demo's assets: the world, the family's tiny checkpoint and
     (warm) its perception warm-up. The stage scripts never build anything: pointed at a missing
@@ -195,6 +257,8 @@ def demo_paths(model_type):
     """(the family's demo paths, stage -> overlay config files to put after its demo config)."""
     if model_type == "qwen3_vl":
         return QWEN3_DEMO, lambda stage: [f"config/{stage}_demo_qwen3vl.py"]
+    if model_type == "qwen3_5":
+        return QWEN3_5_DEMO, lambda stage: [f"config/{stage}_demo_qwen3_5.py"]
     families.of(model_type)  # an unknown family fails here
     return QWEN25_DEMO, lambda stage: []
 
@@ -304,8 +368,8 @@ if __name__ == "__main__":
     model_type = ([a[len("--family="):] for a in sys.argv[1:] if a not in args]
                   or ["qwen2_5_vl"])[-1]
     if args not in ([], ["assets"]):
-        sys.exit("usage: python demo.py [assets] [--family=qwen3_vl]   (assets: only build the "
-                 "world and the tiny models)")
+        sys.exit("usage: python demo.py [assets] [--family=qwen3_vl|qwen3_5]   (assets: only build "
+                 "the world and the tiny models)")
     ensure_demo_assets(model_type=model_type)
     paths, overlay = demo_paths(model_type)
     print(f"demo world in {DEMO_WORLD}, tiny checkpoint in {paths['model']}, "

@@ -346,7 +346,7 @@ def answer(hf, tokenizer, records, prompts, visuals, generator):
     gen_s = time.time() - t0
     for j, p in enumerate(out["prompt_index"].tolist()):
         n = out["lengths"][j].item()
-        output = tokenizer.decode(out["completion_ids"][j, :n], skip_special_tokens=True)
+        output = engine.completion_texts(tokenizer, out["completion_ids"][j:j + 1, :n])[0]
         rec = ok[p]
         rec.update(output=output, **score_sample(output, rec["solution"], rec["problem_type"]),
                    gen_tokens=n, truncated=bool(out["truncated"][j]),

@@ -11,14 +11,17 @@ place a visual's tokens on the M-RoPE axes (temporal, height, width) the same wa
   temporal patch, each preceded by a text timestamp "<1.2 seconds>" and placed like an image (time
   is in the text, not in the position ids); DeepStack: features of three vision levels are added
   to the hidden states of the first language layers at the visual positions.
+- Qwen3.5: Qwen3-VL's vision input without DeepStack; a hybrid language model (three of four
+  layers Gated DeltaNet, linear attention with conv and recurrent states: linear_state.py) and a
+  chat template that opens "<think>\\n" in the prompt (assistant_prefill).
 A reader of one family can skip the other's block. The M-RoPE positions of a batch (rope_positions,
 used through model.py) are here too: one rule for both families, visual_runs being the difference.
 """
 from dataclasses import dataclass, replace
 
 import torch
-from transformers import (Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration,
-                          Qwen3VLMoeForConditionalGeneration)
+from transformers import (Qwen2_5_VLForConditionalGeneration, Qwen3_5ForConditionalGeneration,
+                          Qwen3VLForConditionalGeneration, Qwen3VLMoeForConditionalGeneration)
 
 TEMPORAL_PATCH_SIZE = 2   # frames per temporal patch (both families)
 MERGE_SIZE = 2            # 2x2 patches -> one LLM token (both families)
@@ -34,6 +37,7 @@ class Family:
     timestamps: bool         # video time as text "<t seconds>" before each temporal patch
     deepstack: bool          # vision levels added to the first language layers' hidden states
     system_prompt: str       # the system turn the chat template adds when none is given ("": none)
+    thinking: bool           # chat template may open "<think>\\n" in the prompt (assistant_prefill)
     lora_targets: dict       # LoRA part -> PEFT full-match regex over the module names
 
     @property
@@ -50,6 +54,7 @@ QWEN2_5_VL = Family(
     name="qwen2_5_vl", model_class=Qwen2_5_VLForConditionalGeneration, patch_size=14,
     image_mean=(0.48145466, 0.4578275, 0.40821073), image_std=(0.26862954, 0.26130258, 0.27577711),
     timestamps=False, deepstack=False, system_prompt="You are a helpful assistant.",
+    thinking=False,
     lora_targets={"language": LANGUAGE_LORA,
                   "vision": r"model\.visual\.(blocks\.\d+\.(attn\.(qkv|proj)"
                             r"|mlp\.(gate|up|down)_proj)|merger\.mlp\.[02])"})
@@ -59,7 +64,7 @@ QWEN2_5_VL = Family(
 QWEN3_VL = Family(
     name="qwen3_vl", model_class=Qwen3VLForConditionalGeneration, patch_size=16,
     image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
-    timestamps=True, deepstack=True, system_prompt="",
+    timestamps=True, deepstack=True, system_prompt="", thinking=False,
     lora_targets={"language": LANGUAGE_LORA,
                   "vision": r"model\.visual\.(blocks\.\d+\.(attn\.(qkv|proj)|mlp\.linear_fc[12])"
                             r"|(merger|deepstack_merger_list\.\d+)\.linear_fc[12])"})
@@ -70,7 +75,20 @@ QWEN3_VL = Family(
 QWEN3_VL_MOE = replace(QWEN3_VL, name="qwen3_vl_moe",
                        model_class=Qwen3VLMoeForConditionalGeneration)
 
-FAMILIES = {f.name: f for f in (QWEN2_5_VL, QWEN3_VL, QWEN3_VL_MOE)}
+# Qwen3.5: Qwen3-VL's vision input (processor, timestamps, patch 16) without DeepStack; the language
+# model is hybrid: three of four layers are Gated DeltaNet (linear attention: a convolution state
+# and a recurrent state instead of keys/values, linear_state.py), the fourth full attention.
+QWEN3_5 = Family(
+    name="qwen3_5", model_class=Qwen3_5ForConditionalGeneration, patch_size=16,
+    image_mean=(0.5, 0.5, 0.5), image_std=(0.5, 0.5, 0.5),
+    timestamps=True, deepstack=False, system_prompt="", thinking=True,
+    lora_targets={"language": r"model\.language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|"
+                              r"linear_attn\.(in_proj_(qkv|z|a|b)|out_proj)|"
+                              r"mlp\.(gate|up|down)_proj)",
+                  "vision": r"model\.visual\.(blocks\.\d+\.(attn\.(qkv|proj)|mlp\.linear_fc[12])"
+                            r"|merger\.linear_fc[12])"})
+
+FAMILIES = {f.name: f for f in (QWEN2_5_VL, QWEN3_VL, QWEN3_VL_MOE, QWEN3_5)}
 
 
 def of(config):
@@ -81,6 +99,26 @@ def of(config):
         raise ValueError(f"model_type {model_type!r} is not supported; "
                          f"supported: {sorted(FAMILIES)}")
     return FAMILIES[model_type]
+
+
+def assistant_prefill(tokenizer, path, family):
+    """The text the checkpoint's chat template opens the assistant turn with, which the prompt then
+    ends with: "" (Instruct templates: the completion opens <think> itself) or "<think>\\n"
+    (Qwen3.5, which thinks by default: the completion starts inside the think block; data.collate
+    appends it to every prompt, model.completion_texts puts it back before the rewards read a
+    completion, data.after_prefill drops it from the SFT targets). For a family not marked
+    `thinking` (Qwen3-VL, whose Instruct checkpoints are the ones trained) such a template is
+    refused with the reason."""
+    if tokenizer.chat_template is None:
+        return ""
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "?"}], tokenize=False,
+                                           add_generation_prompt=True)
+    if not prompt.endswith("<think>\n"):
+        return ""
+    if not family.thinking:
+        raise ValueError(f"{path} is a Thinking checkpoint (its prompt ends with '<think>\\n'); this "
+                         f"project trains Instruct checkpoints, whose completions open <think> themselves")
+    return "<think>\n"
 
 
 def patch_timestamps(frame_seconds):

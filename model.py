@@ -1,5 +1,5 @@
 """
-model.py: everything the stage scripts need from Qwen2.5-VL or Qwen3-VL, as flat functions.
+model.py: everything the stage scripts need from Qwen2.5-VL, Qwen3-VL or Qwen3.5, as flat functions.
 
     load_model(path)                       -> (model, tokenizer); a LoRA checkpoint is merged on load
     add_lora(model, rank, alpha, ...)      -> PeftModel: LoRA adapters in place, base frozen (optional peft)
@@ -12,7 +12,8 @@ Two ideas run through the file:
   goes through the vision tower once per call and each prompt through the language model once: sampling
   copies the prompt's KV cache into its rows, scoring lets the rows attend to the prompt's keys/values
   (SharedPromptCache). Autograd sums the rows' gradients into that one computation, exactly as if each
-  row had its own copy.
+  row had its own copy. Qwen3.5's linear-attention layers have no keys/values: their past is a conv
+  state and a recurrent state per row, shared and copied the same way (linear_state.py).
 - Explicit positions. We compute M-RoPE positions ourselves and hand them to the language model on
   every call (prefill, decode, scoring), so HF's hidden `rope_deltas` state is never read.
 What differs between the families (patches, video layout, DeepStack, LoRA names) is in families.py.
@@ -30,6 +31,7 @@ from transformers import AutoConfig, AutoTokenizer, DynamicCache, PreTrainedMode
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 import families
+import linear_state
 from families import continue_positions, rope_positions  # M-RoPE positions live beside the families
 
 def load_model(path, dtype=torch.float32, device="cpu", attn_implementation=None):
@@ -44,7 +46,6 @@ def load_model(path, dtype=torch.float32, device="cpu", attn_implementation=None
     """
     path = str(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    refuse_thinking(tokenizer, path)  # before the weights: an 8B load takes a while
     if os.path.isfile(os.path.join(path, "adapter_config.json")):
         from peft import PeftModel
         with open(os.path.join(path, "adapter_config.json")) as f:
@@ -68,22 +69,18 @@ def load_model(path, dtype=torch.float32, device="cpu", attn_implementation=None
                              f"{bad} {info.get('error_msgs') or ''}")
         model = model.to(device)
     tokenizer.padding_side = "left"
+    family = families.of(model.config)
+    tokenizer.assistant_prefill = families.assistant_prefill(tokenizer, path, family)  # "" or "<think>\n"
     if model.generation_config.pad_token_id is None:  # generate() pads finished rows with it
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 
-def refuse_thinking(tokenizer, path):
-    """Refuse a Thinking checkpoint (Qwen3-VL-*-Thinking): its chat template ends the prompt with
-    "<think>\n", so its completions start inside the think block, while data.prompt_text, the SFT
-    targets and the format reward expect the completion to open it (the Instruct models' format)."""
-    if tokenizer.chat_template is None:
-        return
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "?"}], tokenize=False,
-                                           add_generation_prompt=True)
-    if prompt.endswith("<think>\n"):
-        raise ValueError(f"{path} is a Thinking checkpoint (its prompt ends with '<think>\\n'); "
-                         f"this project trains Instruct checkpoints (completions open <think>)")
+def completion_texts(tokenizer, completion_ids):
+    """Decoded completions [R, T] -> R strings, each after the prompt's assistant_prefill, so that
+    the format reward and the answer parsing read the whole assistant turn."""
+    prefill = getattr(tokenizer, "assistant_prefill", "")
+    return [prefill + t for t in tokenizer.batch_decode(completion_ids, skip_special_tokens=True)]
 
 
 def add_lora(hf, rank, alpha, dropout=0.0, target=("language",)):
@@ -163,7 +160,7 @@ def embed_prompts(hf, input_ids, visuals):
     return inputs
 
 
-class SharedPromptCache(DynamicCache):
+class SharedPromptCache(linear_state.SharedLinearStates, DynamicCache):
     """Keys/values of prompts computed once, which completion rows attend to, inside the autograd graph.
 
     prompts = SharedPromptCache(config)                      # forward over P prompts: records [P, H, Lp, d]
@@ -171,13 +168,14 @@ class SharedPromptCache(DynamicCache):
                                                              # prompts[prompt_index] ++ its own keys/values
     Indexing sums the rows' gradients into the one prompt computation, as if each row had its own copy.
     Calls are idempotent, so a gradient-checkpointed layer replayed in backward sees the same keys.
+    Linear-attention layers (Qwen3.5) share their conv and recurrent states alike (linear_state.py).
     """
 
     def __init__(self, config, prompts=None, prompt_index=None):
         super().__init__(config=config)
         if prompts is not None:
             self.layers = prompts.layers  # shared: seq length Lp, so HF masks the R rows as [R, Lp + T]
-        self.prompt_index, self.reads = prompt_index, 0
+        self.prompt_index, self.reads, self.linear_reads = prompt_index, 0, set()
 
     def update(self, keys, values, layer_idx, *args, **kwargs):
         layer = self.layers[layer_idx]
@@ -395,7 +393,10 @@ def generate(model, batch, n, max_new_tokens, temperature=1.0, top_p=1.0, genera
             # (a growing cache would copy all keys and values at every step)
             cache = RolloutCache(config=model.config, max_cache_len=L + max_new_tokens)
             for layer, prefilled in zip(cache.layers, out.past_key_values.layers):
-                layer.update(prefilled.keys[prompt_index], prefilled.values[prompt_index])  # [R, H, L, d]
+                if linear_state.is_linear(layer):  # Qwen3.5: conv and recurrent states, no keys
+                    linear_state.copy_rows(layer, prefilled, prompt_index)
+                else:  # [R, H, L, d]
+                    layer.update(prefilled.keys[prompt_index], prefilled.values[prompt_index])
             logits = model.lm_head(out.last_hidden_state[prompt_index, -1])  # [R, V]
             mask = F.pad(mask[prompt_index], (0, max_new_tokens), value=1)  # [R, L+max_new_tokens]
             next_pos = continue_positions(positions, max_new_tokens)[:, prompt_index]  # [3, R, max_new_tokens]
@@ -418,7 +419,10 @@ def generate(model, batch, n, max_new_tokens, temperature=1.0, top_p=1.0, genera
                     keep = (~done).nonzero().squeeze(1)  # [r']
                     live, token, mask, next_pos = live[keep], token[keep], mask[keep], next_pos[:, keep]
                     for layer in cache.layers:
-                        layer.keys, layer.values = layer.keys[keep], layer.values[keep]  # [r', H, L+max_new, d]
+                        if linear_state.is_linear(layer):
+                            linear_state.keep_rows(layer, keep)
+                        else:  # [r', H, L+max_new, d]
+                            layer.keys, layer.values = layer.keys[keep], layer.values[keep]
                 # the mask covers the tokens so far; HF pads it with zeros over the cache's empty slots
                 out = lm(inputs_embeds=embed(token[:, None]), attention_mask=mask[:, :L + step + 1],
                          position_ids=next_pos[:, :, step:step + 1], past_key_values=cache, use_cache=True)

@@ -106,8 +106,12 @@ def encode_row(row, tokenizer, media):
     frames, spt = data.load_frames(row, **media)                        # [T, 3, H, W]
     visual = data.make_visual(frames, spt, family)
     answer = data.sft_target(row) if target_format == "cot" else extract_answer(row["solution"])
+    prefill = getattr(tokenizer, "assistant_prefill", "")  # "<think>\n": Qwen3.5's prompt opens it
+    answer = data.after_prefill(answer, prefill)
     prompt, target = data.prompt_text(row, question_template, family), answer + "<|im_end|>"
     if train_prompt_tokens:
+        if prefill:  # data.collate puts the prefill after the prompt, which would then be the head
+            raise ValueError("train_prompt_tokens=True needs a template without an assistant prefill")
         head, sep, tail = prompt.partition("<|vision_end|>")
         prompt, target = head + sep, tail + target
     target_ids = tokenizer(target, add_special_tokens=False).input_ids
@@ -202,9 +206,11 @@ def show_samples(hf, tokenizer, rows, media, metrics_log):
     batch = common.to_device(data.collate(prompts, visuals, tokenizer), hf.device)
     out = engine.generate(hf, batch, 1, sample_tokens, temperature=0.0,
                           stop_ids=engine.stop_token_ids(tokenizer))
-    texts = tokenizer.batch_decode(out["completion_ids"], skip_special_tokens=True)
+    texts = engine.completion_texts(tokenizer, out["completion_ids"])  # after the prompt's prefill
     fmt = [format_reward(t) for t in texts]
     bare = target_format == "answer"  # the warm-up's answers have no tags
+    if bare and getattr(tokenizer, "assistant_prefill", ""):  # Qwen3.5: after an empty think block
+        texts = [t.rpartition("</think>")[2].lstrip("\n") for t in texts]
     answers = [f"<answer>{t}</answer>" if bare else t for t in texts]
     acc = [accuracy_reward(a, r["solution"], r["problem_type"]) for a, r in zip(answers, rows)]
     with open(os.path.join(out_dir, "samples.txt"), "w") as f:

@@ -111,7 +111,7 @@ def test_load_by_family_and_refuse_what_does_not_load(ckpt3, loaded3, tmp_path):
     assert data.prompt_text(r, "train", QWEN3_VL) == rendered
     system = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
     assert data.prompt_text(r) == system + rendered  # Qwen2.5-VL's default
-    supported = r"supported: \['qwen2_5_vl', 'qwen3_vl', 'qwen3_vl_moe'\]"
+    supported = r"supported: \['qwen2_5_vl', 'qwen3_5', 'qwen3_vl', 'qwen3_vl_moe'\]"
     with pytest.raises(ValueError, match=supported):
         families.of("llava")
     # the weights of a checkpoint must all load: one missing tensor is an error, not a random init

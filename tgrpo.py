@@ -464,7 +464,7 @@ def main():
         gen = torch.Generator(device=device).manual_seed(common.step_seed(seed, step, rank))
         with common.timer(times, "rollout"):
             out = rollout(accelerator, policy, batch, inputs["n"], gen, stop_ids)  # 2. samples
-        texts = tokenizer.batch_decode(out["completion_ids"], skip_special_tokens=True)
+        texts = engine.completion_texts(tokenizer, out["completion_ids"])  # after the prompt's prefill
         with common.timer(times, "reward"):
             scores, c = score(inputs["groups"], out, texts)                      # 3. rewards
             advantages, batch_std = advantages_of(accelerator, scores)              # 4. per group
