@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import AutoTokenizer, DynamicCache, PreTrainedModel, StaticCache
 from transformers import Qwen2_5_VLForConditionalGeneration
+from torch.utils.checkpoint import checkpoint
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 def load_model(path, dtype=torch.float32, device="cpu", attn_implementation=None):
@@ -227,6 +228,25 @@ def cache_through_checkpointing(language_model):
             del layer._can_checkpoint_with_cache  # back to the class default, False
 
 
+# Tokens per LM-head chunk: 1024 x 152,064 words x 4 bytes = 0.62 GB of float32 logits at a time for
+# Qwen2.5-VL-7B (not R x T x V = 3.7 GB, several times over); 1024 rows still fill a GPU's matmul.
+LOGPROB_CHUNK = 1024
+
+
+def head_logprobs(lm_head, hidden, targets, temperature=1.0, chunk=LOGPROB_CHUNK):
+    """log_softmax(lm_head(hidden) / temperature) at targets, float32: [..., D], [...] -> [...].
+    `chunk` tokens at a time, each chunk's logits recomputed in the backward (checkpoint), so neither
+    pass holds more than one chunk's [chunk, V] (None: all at once). Gathered logit - logsumexp is
+    log_softmax without a second [n, V] tensor."""
+    def logprobs(h, t):  # [n, D], [n] -> [n]
+        logits = lm_head(h).float() / temperature  # [n, V]
+        return logits.gather(-1, t[:, None]).squeeze(-1) - logits.logsumexp(-1)
+    h, t = hidden.flatten(0, -2), targets.flatten()  # [N, D], [N]
+    parts = [logprobs(h, t)] if chunk is None else [
+        checkpoint(logprobs, hc, tc, use_reentrant=False) for hc, tc in zip(h.split(chunk), t.split(chunk))]
+    return torch.cat(parts).view(targets.shape)
+
+
 class VisionOnceLM(nn.Module):
     """Log-probs of completion tokens in ONE forward, each distinct visual and each prompt computed once.
 
@@ -238,15 +258,16 @@ class VisionOnceLM(nn.Module):
     prompts, recording their keys/values (SharedPromptCache), then over the R right-padded completions,
     row r attending to prompt prompt_index[r]: G completions of a prompt cost one prompt plus G
     completions, not G of both. Token t is predicted by the hidden state before it (the prompt's last
-    one for t = 0); LM head at those positions only, float32 log-softmax.
+    one for t = 0); LM head at those positions only, float32 log-softmax, in chunks (head_logprobs).
 
     Shapes: input_ids, attention_mask [P, Lp]; visuals list of P; prompt_index, lengths [R];
     completion_ids [R, T] -> log-probs [R, T] float32, 0 past each row's length.
     """
 
-    def __init__(self, hf):
+    def __init__(self, hf, logprob_chunk=LOGPROB_CHUNK):
         super().__init__()
         self.hf = hf
+        self.logprob_chunk = logprob_chunk  # tokens per chunk of the LM head (head_logprobs)
 
     def forward(self, input_ids, attention_mask, visuals, prompt_index, completion_ids, lengths, temperature=1.0):
         hf = base_model(self.hf)
@@ -270,9 +291,7 @@ class VisionOnceLM(nn.Module):
         if rows.reads != len(lm.layers):  # never score completions that did not see their prompt
             raise RuntimeError(f"{rows.reads} of {len(lm.layers)} layers read the prompt cache")
         hidden = torch.cat([prompt_hidden[prompt_index, -1:], hidden[:, :-1]], dim=1)  # [R, T, D] before tokens 0..T-1
-        logits = hf.lm_head(hidden).float() / temperature  # [R, T, V]
-        # log_softmax gathered = logit - logsumexp, without materialising a second [R, T, V] tensor
-        logp = logits.gather(-1, completion_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)  # [R, T]
+        logp = head_logprobs(hf.lm_head, hidden, completion_ids, temperature, self.logprob_chunk)  # [R, T]
         return logp.masked_fill(~completion_mask, 0.0)
 
 
