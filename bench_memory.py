@@ -3,8 +3,8 @@ bench_memory.py: peak memory of one T-GRPO update and of a rollout at Qwen2.5-VL
 (hidden 3584, MLP 18944, 28/4 heads, vocabulary 152,064, vision width 1280), random weights, on CPU,
 with a few decoder layers; the fit fixed + per-layer part that memory.py turns into per-GPU numbers.
 
-    python bench_memory.py                       # the sweep below, about 45 min on one core
-    python bench_memory.py --runs=update:1:1024  # one run: part:layers:chunk[:completion tokens]
+    python bench_memory.py                       # the sweep below, about 20 min on one core
+    python bench_memory.py --runs=update:1:128   # one run: part:layers:chunk[:completion tokens]
     python memory.py                             # the fit, its check and the table (reads the json)
 
 Each run is its own process (the peak of one process is one number: VmHWM, reset before each phase
@@ -36,9 +36,10 @@ from configurator import configure
 from demo import make_tiny_checkpoint
 from model import VisionOnceLM, generate, load_model, token_logprobs
 
-runs = ("update:1:1024,update:2:1024,update:4:1024,update:1:none,update:1:256,"
-        "update:1:256:96,rollout:1:1024,rollout:2:1024")
-T = 192                    # completion tokens per row (the paper's 768 is 4x the CPU time)
+# part:layers:chunk[:T]. Chunk 128 at T = 96 is chunk 1024 at the paper's 768: 6 chunks a micro-batch
+runs = ("update:1:128,update:2:128,update:4:128,update:1:none,update:1:64,update:1:64:48,"
+        "rollout:1:128,rollout:2:128")
+T = 96                     # completion tokens per row (the paper's 768 is 8x the CPU time)
 G = 8                      # completions of the ordered prompt (paper)
 G_shuffled = 4             # rollout rows of the shuffled prompt (paper)
 frames = 16                # 16 frames of 224x448 = 128*28*28 pixels: 8 x 128 = 1024 visual tokens
@@ -46,6 +47,7 @@ max_new_tokens = 768       # rollout: the cache is preallocated for this many ne
 vision_depth = 1           # vision blocks built (Qwen2.5-VL-7B has 32, see the docstring)
 out_json = "out/bench_memory.json"
 child = ""                 # set by the sweep: the one run this process makes
+device = "cpu"             # "cuda": gpu_check.py's runs (allocator peaks, bf16 autocast, wall time)
 config = configure(globals())
 
 QWEN25_VL_7B = dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28,
@@ -55,15 +57,53 @@ QWEN25_VL_7B = dict(hidden_size=3584, intermediate_size=18944, num_attention_hea
 
 
 def rss(field):
-    """VmRSS or VmHWM (peak) of this process in bytes."""
+    """VmRSS or VmHWM (peak) of this process in bytes; on a GPU the allocator's (peak) bytes."""
+    if device == "cuda":
+        return torch.cuda.memory_allocated() if field == "VmRSS" else torch.cuda.max_memory_allocated()
     with open("/proc/self/status") as f:
         line = next(l for l in f if l.startswith(field + ":"))
     return int(line.split()[1]) * 1024
 
 
 def reset_peak():
+    if device == "cuda":
+        return torch.cuda.reset_peak_memory_stats()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # Linux >= 4.0: VmHWM := VmRSS
+
+
+def clock():
+    """CPU time of this process (steady on a shared machine); on a GPU wall time after a sync."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        return time.perf_counter()
+    return time.process_time()
+
+
+def autocast():
+    """bf16 autocast on a GPU, as tgrpo.py under accelerate's bf16; float32 on CPU."""
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+
+
+def matmul_peak():
+    """FLOP/s of one big float32 matmul on this core: the ceiling the update's matmuls meet."""
+    a, b = torch.randn(1024, 3584), torch.randn(3584, 4096)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(3):
+        a @ b
+    return 3 * 2 * 1024 * 3584 * 4096 / (time.perf_counter() - t0)
+
+
+def copy_bandwidth():
+    """Bytes/s of copying 512 MiB (read + write): the ceiling of decoding, which reads every weight."""
+    src = torch.ones(2 ** 27)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        dst.copy_(src)
+    return 3 * 2 * src.numel() * 4 / (time.perf_counter() - t0)
 
 
 def build(layers):
@@ -83,7 +123,8 @@ def build(layers):
         setattr(cfg.vision_config, k, v)
     cfg.vision_config.depth = vision_depth
     torch.manual_seed(0)
-    hf = Qwen2_5_VLForConditionalGeneration(cfg).float()
+    with torch.device(device):
+        hf = Qwen2_5_VLForConditionalGeneration(cfg).float()
     hf.generation_config.pad_token_id = tokenizer.pad_token_id
     return hf, tokenizer
 
@@ -109,10 +150,24 @@ def one_run(part, layers, chunk, tokens):
         batch = prompt_batch(tokenizer, 2)
         base = rss("VmRSS")
         reset_peak()
-        t0 = time.process_time()
-        res = generate(hf, batch, [G, G_shuffled], max_new_tokens, stop_ids=list(range(hf.config.text_config.vocab_size)))
-        out.update(base=base, peak=rss("VmHWM"), seconds=time.process_time() - t0,
+        t0 = clock()
+        every_id = list(range(hf.config.text_config.vocab_size))  # each row stops at its first token
+        with autocast():
+            res = generate(hf, batch, [G, G_shuffled], max_new_tokens, stop_ids=every_id)
+        out.update(base=base, peak=rss("VmHWM"), seconds=clock() - t0,
                    prompt_len=batch["input_ids"].shape[1], decoded=res["completion_ids"].shape[1])
+        # decoding: 12 rows after a short text prompt, 8 steps, each reading every LM weight once
+        text = data.collate([data.SYSTEM_PROMPT] * 2, [None, None], tokenizer)
+        with autocast():
+            generate(hf, text, [G, G_shuffled], 1, stop_ids=[])  # prefill alone, to subtract
+            t0 = clock()
+            generate(hf, text, [G, G_shuffled], 9, stop_ids=[])
+            t1 = clock()
+            generate(hf, text, [G, G_shuffled], 1, stop_ids=[])
+            step = ((t1 - t0) - (clock() - t1)) / 8
+        skip = [*hf.model.visual.parameters(), *hf.get_input_embeddings().parameters()]  # not read
+        read = weights - sum(p.numel() * p.element_size() for p in skip)
+        out.update(decode_step_seconds=step, decode_bytes_per_s=read / step, copy_bytes_per_s=copy_bandwidth())
         return out
     batch = prompt_batch(tokenizer, 1)
     prompt_index = torch.zeros(G, dtype=torch.long)  # [G]
@@ -123,18 +178,26 @@ def one_run(part, layers, chunk, tokens):
     out.update(base=base, prompt_len=batch["input_ids"].shape[1])
     if layers == 1:  # reference and old log-probs: no grad, one chunk of logits at a time
         reset_peak()
-        t0 = time.process_time()
-        with torch.no_grad():
+        t0 = clock()
+        with torch.no_grad(), autocast():
             logp_ref = token_logprobs(policy, batch, prompt_index, ids, lengths)  # [G, T]
-        out.update(ref_peak=rss("VmHWM"), ref_seconds=time.process_time() - t0)
+        out.update(ref_peak=rss("VmHWM"), ref_seconds=clock() - t0)
     reset_peak()
-    t0 = time.process_time()
-    logp = token_logprobs(policy, batch, prompt_index, ids, lengths)  # [G, T]
-    out.update(fwd_seconds=time.process_time() - t0, fwd_rss=rss("VmRSS"))
-    advantages = torch.randn(G, generator=torch.Generator().manual_seed(2))  # [G]
-    (-(logp * advantages[:, None]).sum() / lengths.sum()).backward()
-    out.update(peak=rss("VmHWM"), seconds=time.process_time() - t0, end_rss=rss("VmRSS"),
+    t0 = clock()
+    with autocast():
+        logp = token_logprobs(policy, batch, prompt_index, ids, lengths)  # [G, T]
+        out.update(fwd_seconds=clock() - t0, fwd_rss=rss("VmRSS"))
+        advantages = torch.randn(G, generator=torch.Generator().manual_seed(2)).to(logp.device)
+        (-(logp * advantages[:, None]).sum() / lengths.sum()).backward()
+    out.update(peak=rss("VmHWM"), seconds=clock() - t0, end_rss=rss("VmRSS"),
                grads_bytes=sum(p.grad.numel() * 4 for p in hf.parameters() if p.grad is not None))
+    # matmul FLOPs (2 a multiply-add): each layer's weights over the n tokens forward, recomputed
+    # and backward (2x); the head's over the G * T completion tokens likewise (recomputed if chunked)
+    D, V = hf.config.text_config.hidden_size, hf.config.text_config.vocab_size
+    layer = sum(p.numel() for p in hf.model.language_model.layers[0].parameters())
+    n = out["prompt_len"] + G * tokens
+    flops = 2 * 4 * layers * layer * n + 2 * V * D * G * tokens * (3 + (chunk is not None))
+    out.update(flops=flops, matmul_peak=matmul_peak())
     return out
 
 

@@ -92,21 +92,26 @@ def static_bytes(strategy, P, n=8, A=0, root=0, reference=True, phase="update"):
     return b + 2 * P * (reference and strategy != "lora")
 
 
+# bench_memory.py's runs (part:layers:chunk[:T]) that make the fit, and the one that checks it
+FIT_RUNS = ("update:1:128", "update:2:128", "update:1:64", "update:1:64:48")
+CHECK_RUN = "update:4:128"
+
+
 def fit(results):
     """The measured update's memory above its weights ("net" = peak - base), float32 on CPU, as
     net(L, n, c) = a0 + c_head * min(c, N) + a1 * n + L * b1 * n
     with L decoder layers, n = prompt + G * T tokens the language model sees, N = G * T the head's
-    tokens, c the chunk. From four runs: layers 1 and 2 (chunk 1024), chunk 256, and chunk 256 at
-    half the tokens; the 4-layer run is left out, to check it."""
-    net = {r["run"]: r["peak"] - r["base"] for r in results}
+    tokens, c the chunk. From FIT_RUNS: layers 1 and 2, a smaller chunk, and that chunk at half the
+    tokens; CHECK_RUN (4 layers) is left out, to check it."""
     info = {r["run"]: r for r in results}
+    net = lambda run: info[run]["peak"] - info[run]["base"]
     n = lambda run: info[run]["prompt_len"] + info[run]["G"] * info[run]["T"]
-    N = lambda run: info[run]["G"] * info[run]["T"]
-    r1, r2, r256, r96 = "update:1:1024", "update:2:1024", "update:1:256", "update:1:256:96"
-    b1 = (net[r2] - net[r1]) / n(r1)
-    c_head = (net[r1] - net[r256]) / (min(1024, N(r1)) - 256)
-    a1 = (net[r256] - net[r96]) / (n(r256) - n(r96)) - b1
-    a0 = net[r1] - c_head * min(1024, N(r1)) - (a1 + b1) * n(r1)
+    head = lambda run: min(info[run]["chunk"], info[run]["G"] * info[run]["T"])  # chunk's tokens
+    r1, r2, small, fewer = FIT_RUNS
+    b1 = (net(r2) - net(r1)) / n(r1)
+    c_head = (net(r1) - net(small)) / (head(r1) - head(small))
+    a1 = (net(small) - net(fewer)) / (n(small) - n(fewer)) - b1
+    a0 = net(r1) - c_head * head(r1) - (a1 + b1) * n(r1)
     return dict(a0=a0, c_head=c_head, a1=a1, b1=b1)
 
 
@@ -158,11 +163,10 @@ def rows(results):
 
 def check(results, f):
     """The fit's prediction of the 4-layer run (left out of the fit), net and whole peak."""
-    r4 = next(r for r in results if r["run"] == "update:4:1024")
+    info = {r["run"]: r for r in results}
+    r1, r2, r4 = info[FIT_RUNS[0]], info[FIT_RUNS[1]], info[CHECK_RUN]
     n, N = r4["prompt_len"] + r4["G"] * r4["T"], r4["G"] * r4["T"]
-    net = activation_bytes(f, 4, n, N)
-    r1 = next(r for r in results if r["run"] == "update:1:1024")
-    r2 = next(r for r in results if r["run"] == "update:2:1024")
+    net = activation_bytes(f, 4, n, N, c=r4["chunk"])
     peak = r1["peak"] + 3 * (r2["peak"] - r1["peak"])  # the plain line through the 1- and 2-layer peaks
     return dict(net_pred=net, net=r4["peak"] - r4["base"], peak_pred=peak, peak=r4["peak"])
 

@@ -33,9 +33,9 @@ def test_static_bytes_lora_and_no_reference():
 def fake_results(a0, c_head, a1, b1, prompt=100, G=2):
     """bench_memory.json rows whose net follows the model exactly (base 1000)."""
     out = []
-    for run, layers, chunk, T in [("update:1:1024", 1, 1024, 600), ("update:2:1024", 2, 1024, 600),
-                                  ("update:4:1024", 4, 1024, 600), ("update:1:256", 1, 256, 600),
-                                  ("update:1:256:96", 1, 256, 300)]:
+    for run, layers, chunk, T in [("update:1:128", 1, 128, 600), ("update:2:128", 2, 128, 600),
+                                  ("update:4:128", 4, 128, 600), ("update:1:64", 1, 64, 600),
+                                  ("update:1:64:48", 1, 64, 300)]:
         n, N = prompt + G * T, G * T
         net = a0 + c_head * min(chunk, N) + (a1 + layers * b1) * n
         out.append(dict(run=run, part="update", layers=layers, chunk=chunk, T=T, G=G,
@@ -49,11 +49,12 @@ def test_fit_recovers_the_parts_and_predicts_four_layers():
     for k, v in dict(a0=5e3, c_head=3.0, a1=7.0, b1=11.0).items():
         assert f[k] == pytest.approx(v, rel=1e-9)
     c = memory.check(results, f)
-    # 4 layers, n = 100 + 1200: 5000 + 3 * 1024 + (7 + 44) * 1300 = 74372
-    assert c["net"] == 74372 and c["net_pred"] == pytest.approx(74372)
-    # without checkpointing each layer keeps (6 D + 4 I) bf16 values a token: D = 1, I = 2 -> 28 bytes
-    assert memory.activation_bytes(f, 4, 1300, 1200, checkpointing=False, D=1, I=2) == \
-        pytest.approx(74372 + 4 * 1300 * 28)
+    # 4 layers, n = 100 + 1200: 5000 + 3 * 128 + (7 + 44) * 1300 = 71684
+    assert c["net"] == 71684 and c["net_pred"] == pytest.approx(71684)
+    # chunk 1024, without checkpointing: + 3 * (1024 - 128), and each layer keeps (6 D + 4 I) bf16
+    # values a token: D = 1, I = 2 -> 28 bytes
+    assert memory.activation_bytes(f, 4, 1300, 1200, c=1024, checkpointing=False, D=1, I=2) == \
+        pytest.approx(71684 + 3 * 896 + 4 * 1300 * 28)
 
 
 def test_qwen25_vl_7b_parameter_counts():
