@@ -48,7 +48,7 @@ vision_depth = 1           # vision blocks built (Qwen2.5-VL-7B has 32, see the 
 out_json = "out/bench_memory.json"
 child = ""                 # set by the sweep: the one run this process makes
 device = "cpu"             # "cuda": gpu_check.py's runs (allocator peaks, bf16 autocast, wall time)
-config = configure(globals())
+config = configure(globals(), None if __name__ == "__main__" else [])  # gpu_check imports it
 
 QWEN25_VL_7B = dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28,
                     num_key_value_heads=4, vocab_size=152064, rope_theta=1e6,
@@ -118,6 +118,7 @@ def build(layers):
     t.hidden_size, t.intermediate_size = w["hidden_size"], w["intermediate_size"]
     t.num_attention_heads, t.num_key_value_heads = w["num_attention_heads"], w["num_key_value_heads"]
     t.head_dim, t.num_hidden_layers, t.vocab_size = 128, layers, w["vocab_size"]
+    t.layer_types = ["full_attention"] * layers
     t.rope_parameters = dict(rope_type="default", rope_theta=w["rope_theta"], mrope_section=[16, 24, 24])
     for k, v in w["vision"].items():
         setattr(cfg.vision_config, k, v)
