@@ -97,30 +97,31 @@ FIT_RUNS = ("update:1:128", "update:2:128", "update:1:64", "update:1:64:48")
 CHECK_RUN = "update:4:128"
 
 
-def fit(results):
-    """The measured update's memory above its weights ("net" = peak - base), float32 on CPU, as
-    net(L, n, c) = a0 + c_head * min(c, N) + a1 * n + L * b1 * n
+def fit(results, above="end_rss"):
+    """The measured update's memory over a reference level, float32 on CPU, as
+    m(L, n, c) = a0 + c_head * min(c, N) + a1 * n + L * b1 * n
     with L decoder layers, n = prompt + G * T tokens the language model sees, N = G * T the head's
-    tokens, c the chunk. From FIT_RUNS: layers 1 and 2, a smaller chunk, and that chunk at half the
+    tokens, c the chunk. above="end_rss": the peak over the weights and every gradient (the RSS when
+    the backward is done), the transient that static_bytes leaves out; "base": over the weights
+    alone ("net"). From FIT_RUNS: layers 1 and 2, a smaller chunk, and that chunk at half the
     tokens; CHECK_RUN (4 layers) is left out, to check it."""
     info = {r["run"]: r for r in results}
-    net = lambda run: info[run]["peak"] - info[run]["base"]
+    m = lambda run: info[run]["peak"] - info[run][above]
     n = lambda run: info[run]["prompt_len"] + info[run]["G"] * info[run]["T"]
     head = lambda run: min(info[run]["chunk"], info[run]["G"] * info[run]["T"])  # chunk's tokens
     r1, r2, small, fewer = FIT_RUNS
-    b1 = (net(r2) - net(r1)) / n(r1)
-    c_head = (net(r1) - net(small)) / (head(r1) - head(small))
-    a1 = (net(small) - net(fewer)) / (n(small) - n(fewer)) - b1
-    a0 = net(r1) - c_head * head(r1) - (a1 + b1) * n(r1)
+    b1 = (m(r2) - m(r1)) / n(r1)
+    c_head = (m(r1) - m(small)) / (head(r1) - head(small))
+    a1 = (m(small) - m(fewer)) / (n(small) - n(fewer)) - b1
+    a0 = m(r1) - c_head * head(r1) - (a1 + b1) * n(r1)
     return dict(a0=a0, c_head=c_head, a1=a1, b1=b1)
 
 
-def activation_bytes(f, layers, n, N, c=chunk, lm_head_grad=0, checkpointing=True, D=3584, I=18944):
-    """Activations and transients of one micro-batch's update from the fit f, the lm_head's own
-    gradient (inside the measured net: the peak falls in the head's backward) taken out, since
-    static_bytes counts gradients. Without checkpointing each layer also keeps its internals:
-    (6 D + 4 I) values a token (norm, q/k/v, attention out, gate, up, act, product), in bf16."""
-    b = f["a0"] + f["c_head"] * min(c, N) + (f["a1"] + layers * f["b1"]) * n - lm_head_grad
+def activation_bytes(f, layers, n, N, c=chunk, checkpointing=True, D=3584, I=18944):
+    """The fit f at L layers, n tokens, N head tokens, chunk c. Without checkpointing each layer
+    also keeps its internals: (6 D + 4 I) values a token (norm, q/k/v, attention out, gate, up,
+    act, product), in bf16."""
+    b = f["a0"] + f["c_head"] * min(c, N) + (f["a1"] + layers * f["b1"]) * n
     return b + (0 if checkpointing else layers * n * (6 * D + 4 * I) * 2)
 
 
@@ -151,8 +152,7 @@ def rows(results):
              [("ddp", 8), ("zero2", 8), ("zero3", 8), ("fsdp", 8), ("lora", 8), ("lora", 1)])]:
         for strategy, n in strategies:
             for ckpt in (True, False):
-                grad_head = 4 * V * D if strategy != "lora" else 0
-                act = activation_bytes(f, L, tokens, heads, lm_head_grad=grad_head, checkpointing=ckpt)
+                act = activation_bytes(f, L, tokens, heads, checkpointing=ckpt)
                 kw = dict(P=P, n=n, A=A, root=root, reference=ref)
                 update = static_bytes(strategy, phase="update", **kw) + act
                 rollout = static_bytes(strategy, phase="rollout", **kw) + rollout_act if ref else 0
@@ -161,14 +161,18 @@ def rows(results):
     return f, counts, out
 
 
-def check(results, f):
-    """The fit's prediction of the 4-layer run (left out of the fit), net and whole peak."""
+def check(results):
+    """Each fit (net: over the weights; transient: over weights and gradients) from layers 1 and 2,
+    and the plain line through the 1- and 2-layer peaks, against the 4-layer run left out:
+    {name: (predicted, measured)}."""
     info = {r["run"]: r for r in results}
     r1, r2, r4 = info[FIT_RUNS[0]], info[FIT_RUNS[1]], info[CHECK_RUN]
     n, N = r4["prompt_len"] + r4["G"] * r4["T"], r4["G"] * r4["T"]
-    net = activation_bytes(f, 4, n, N, c=r4["chunk"])
-    peak = r1["peak"] + 3 * (r2["peak"] - r1["peak"])  # the plain line through the 1- and 2-layer peaks
-    return dict(net_pred=net, net=r4["peak"] - r4["base"], peak_pred=peak, peak=r4["peak"])
+    out = {"peak": (r1["peak"] + 3 * (r2["peak"] - r1["peak"]), r4["peak"])}
+    for name, above in (("net", "base"), ("transient", "end_rss")):
+        out[name] = (activation_bytes(fit(results, above), 4, n, N, c=r4["chunk"]),
+                     r4["peak"] - r4[above])
+    return out
 
 
 def markdown(table):
@@ -190,10 +194,9 @@ if __name__ == "__main__":
     f, counts, table = rows(results)
     print(f"parameters: {counts}")
     print("fit (bytes): " + ", ".join(f"{k} {v:.4g}" for k, v in f.items()))
-    c = check(results, f)
-    print(f"4 layers: net {c['net'] / GiB:.2f} GiB measured, {c['net_pred'] / GiB:.2f} predicted "
-          f"({c['net_pred'] / c['net'] - 1:+.1%}); peak {c['peak'] / GiB:.2f} GiB measured, "
-          f"{c['peak_pred'] / GiB:.2f} predicted ({c['peak_pred'] / c['peak'] - 1:+.1%})")
+    for name, (pred, meas) in check(results).items():
+        print(f"4 layers, {name}: {meas / GiB:.2f} GiB measured, {pred / GiB:.2f} GiB from layers 1 "
+              f"and 2 ({pred / meas - 1:+.1%})")
     print(f"Prediction per GPU from CPU measurements (python bench_memory.py && python memory.py), "
           f"T-GRPO: G = {G} x {T} tokens after a 16-frame prompt; SFT: one {sft_target}-token target.")
     print(markdown(table))

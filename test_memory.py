@@ -39,18 +39,21 @@ def fake_results(a0, c_head, a1, b1, prompt=100, G=2):
         n, N = prompt + G * T, G * T
         net = a0 + c_head * min(chunk, N) + (a1 + layers * b1) * n
         out.append(dict(run=run, part="update", layers=layers, chunk=chunk, T=T, G=G,
-                        prompt_len=prompt, base=1000, peak=1000 + net))
+                        prompt_len=prompt, base=1000, peak=1000 + net, end_rss=1000 + 50 * layers))
     return out
 
 
 def test_fit_recovers_the_parts_and_predicts_four_layers():
     results = fake_results(a0=5e3, c_head=3.0, a1=7.0, b1=11.0)
-    f = memory.fit(results)
+    f = memory.fit(results, above="base")
     for k, v in dict(a0=5e3, c_head=3.0, a1=7.0, b1=11.0).items():
         assert f[k] == pytest.approx(v, rel=1e-9)
-    c = memory.check(results, f)
+    # over the gradients (50 bytes a layer): the per-layer part loses 50 / n = 50 / 1300
+    assert memory.fit(results)["b1"] == pytest.approx(11.0 - 50 / 1300, rel=1e-9)
+    c = memory.check(results)
     # 4 layers, n = 100 + 1200: 5000 + 3 * 128 + (7 + 44) * 1300 = 71684
-    assert c["net"] == 71684 and c["net_pred"] == pytest.approx(71684)
+    assert c["net"][1] == 71684 and c["net"][0] == pytest.approx(71684)
+    assert c["transient"][1] == 71684 - 200 and c["transient"][0] == pytest.approx(71684 - 200)
     # chunk 1024, without checkpointing: + 3 * (1024 - 128), and each layer keeps (6 D + 4 I) bf16
     # values a token: D = 1, I = 2 -> 28 bytes
     assert memory.activation_bytes(f, 4, 1300, 1200, c=1024, checkpointing=False, D=1, I=2) == \
