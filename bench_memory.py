@@ -34,7 +34,7 @@ import torch
 import data
 from configurator import configure
 from demo import make_tiny_checkpoint
-from model import VisionOnceLM, generate, load_model, token_logprobs
+from model import VisionOnceLM, generate, head_logprobs, load_model, token_logprobs
 
 # part:layers:chunk[:T]. Chunk 128 at T = 96 is chunk 1024 at the paper's 768: 6 chunks a micro-batch
 runs = ("update:1:128,update:2:128,update:4:128,update:1:none,update:1:64,update:1:64:48,"
@@ -139,8 +139,29 @@ def prompt_batch(tokenizer, n_prompts):
     return data.collate([data.prompt_text(row)] * n_prompts, visuals[:n_prompts], tokenizer)
 
 
+def head_run(chunk, tokens):
+    """The LM head and log-softmax alone (model.head_logprobs) over G x T hidden states at the real
+    widths, forward + backward: what the chunking changes, without the rest of the update's peak."""
+    D, V = QWEN25_VL_7B["hidden_size"], QWEN25_VL_7B["vocab_size"]
+    torch.manual_seed(0)
+    lm_head = torch.nn.Linear(D, V, bias=False, device=device)
+    hidden = torch.randn(G, tokens, D, device=device, requires_grad=True)  # [G, T, D]
+    targets = torch.randint(0, V, (G, tokens), device=device)  # [G, T]
+    out = dict(part="head", layers=0, chunk=chunk, T=tokens, G=G, base=rss("VmRSS"), prompt_len=0,
+               weights_bytes=lm_head.weight.numel() * 4)
+    reset_peak()
+    t0 = clock()
+    with autocast():
+        (head_logprobs(lm_head, hidden, targets, 1.0, chunk).sum() / hidden.shape[1]).backward()
+    out.update(peak=rss("VmHWM"), seconds=clock() - t0, end_rss=rss("VmRSS"),
+               flops=2 * V * D * G * tokens * (3 + (chunk is not None)), matmul_peak=matmul_peak())
+    return out
+
+
 def one_run(part, layers, chunk, tokens):
     torch.set_num_threads(1)
+    if part == "head":
+        return head_run(chunk, tokens)
     hf, tokenizer = build(layers)
     hf.train()
     hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

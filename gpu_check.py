@@ -9,7 +9,7 @@ gpu_check.py: the one check to run the day a GPU is at hand (under 10 minutes on
 2. bench_memory.py's update at Qwen2.5-VL-7B's real widths with 1, 2, 4 decoder layers on the GPU
    (allocator peak above the weights, bf16 autocast), next to what the CPU measured for the same run
    (out/bench_memory.json, when present) and what memory.py's fit predicts; then the paper's shape
-   (8 x 768 tokens, chunk 1024) and the unchunked head at 1 layer.
+   (8 x 768 tokens, chunk 1024), the unchunked head at 1 layer, and the head alone both ways.
 3. Rollout tokens/s at real widths: the full 28-layer model (random weights, fp32 under bf16 autocast
    as in tgrpo.py), G + G~ = 12 rows after a 16-frame prompt, `rollout_tokens` new tokens each.
 One table at the end. --small=True shrinks the widths (the same code paths) for the CPU test.
@@ -31,7 +31,8 @@ device = "cuda"
 small = False              # tiny widths and frames: the suite's CPU run of the same code
 demo_steps = 3             # optimizer steps of each demo stage
 rollout_tokens = 256       # new tokens per row in the tokens/s measurement
-runs = "update:1:128,update:2:128,update:4:128,update:1:1024:768,update:4:1024:768,update:1:none:768"
+runs = ("update:1:128,update:2:128,update:4:128,update:1:1024:768,update:4:1024:768,"
+        "update:1:none:768,head:0:1024:768,head:0:none:768")
 bench_json = "out/bench_memory.json"  # the CPU measurements to compare with
 config = configure(globals(), None if __name__ == "__main__" else [])  # the test sets them
 
@@ -78,7 +79,8 @@ def main():
     cpu = {}
     if os.path.isfile(bench_json) and not small:
         cpu = {json.loads(l)["run"]: json.loads(l) for l in open(bench_json)}
-    f = memory.fit(list(cpu.values())) if all(r in cpu for r in memory.FIT_RUNS) else None
+    have = all(k in cpu for k in memory.FIT_RUNS + memory.HEAD_RUNS)
+    a, b = memory.fit(list(cpu.values()))["net"] if have else (None, None)  # net = a + b * layers
     table.append("| run | GPU net GiB | CPU net GiB | fit GiB | GPU s |\n|---|---|---|---|---|")
     gib = lambda b: "-" if b is None else f"{b / 2 ** 30:.3f}"
     for run in runs.split(","):
@@ -86,8 +88,7 @@ def main():
         if small:
             T = min(T, 16)
         r = bench_memory.one_run(part, layers, chunk, T)
-        n, N = r["prompt_len"] + r["G"] * T, r["G"] * T
-        pred = memory.activation_bytes(f, layers, n, N, c=chunk or N) if f else None
+        pred = a + b * layers if a is not None and run in memory.FIT_RUNS + (memory.CHECK_RUN,) else None
         theirs = cpu[run]["peak"] - cpu[run]["base"] if run in cpu else None
         table.append(f"| {run} | {gib(r['peak'] - r['base'])} | {gib(theirs)} | {gib(pred)} | "
                      f"{r['seconds']:.2f} |")

@@ -92,45 +92,61 @@ def static_bytes(strategy, P, n=8, A=0, root=0, reference=True, phase="update"):
     return b + 2 * P * (reference and strategy != "lora")
 
 
-# bench_memory.py's runs (part:layers:chunk[:T]) that make the fit, and the one that checks it
-FIT_RUNS = ("update:1:128", "update:2:128", "update:1:64", "update:1:64:48")
+# bench_memory.py's runs (part:layers:chunk[:T]): the update at 1 and 2 layers, the head alone at
+# two chunk sizes (the same 6 chunks a micro-batch as the paper's 1024 at 768 tokens)
+FIT_RUNS = ("update:1:128", "update:2:128")
+HEAD_RUNS = ("head:0:128", "head:0:256:192")
 CHECK_RUN = "update:4:128"
 
 
-def fit(results, above="end_rss"):
-    """The measured update's memory over a reference level, float32 on CPU, as
-    m(L, n, c) = a0 + c_head * min(c, N) + a1 * n + L * b1 * n
-    with L decoder layers, n = prompt + G * T tokens the language model sees, N = G * T the head's
-    tokens, c the chunk. above="end_rss": the peak over the weights and every gradient (the RSS when
-    the backward is done), the transient that static_bytes leaves out; "base": over the weights
-    alone ("net"). From FIT_RUNS: layers 1 and 2, a smaller chunk, and that chunk at half the
-    tokens; CHECK_RUN (4 layers) is left out, to check it."""
+def fit(results, V=152064, D=3584):
+    """The parts of an update's memory over its weights and gradients (float32, CPU):
+    spike     the peak over weights and every gradient in the 1-layer update (the 2-layer one
+              agrees): one [V, D] gradient buffer in flight at the end of the backward
+    per_token each layer's bytes a token: its checkpointed input and the prompt's keys/values
+              (the 2-layer update's net minus the 1-layer's, minus one layer's gradients, over n)
+    head0, head_per_token: the head's backward over its own weight gradient, as head0 +
+              head_per_token * chunk (two head-alone runs): the chunk's logits, softmax and
+              their gradients, and the chunk's [V, D] weight gradient before it is summed
+    net       (a, b): the update's peak over its weights, a + b * layers (from 1 and 2 layers)"""
     info = {r["run"]: r for r in results}
-    m = lambda run: info[run]["peak"] - info[run][above]
-    n = lambda run: info[run]["prompt_len"] + info[run]["G"] * info[run]["T"]
-    head = lambda run: min(info[run]["chunk"], info[run]["G"] * info[run]["T"])  # chunk's tokens
-    r1, r2, small, fewer = FIT_RUNS
-    b1 = (m(r2) - m(r1)) / n(r1)
-    c_head = (m(r1) - m(small)) / (head(r1) - head(small))
-    a1 = (m(small) - m(fewer)) / (n(small) - n(fewer)) - b1
-    a0 = m(r1) - c_head * head(r1) - (a1 + b1) * n(r1)
-    return dict(a0=a0, c_head=c_head, a1=a1, b1=b1)
+    r1, r2 = (info[k] for k in FIT_RUNS)
+    n = r1["prompt_len"] + r1["G"] * r1["T"]
+    net1, net2 = r1["peak"] - r1["base"], r2["peak"] - r2["base"]
+    per_token = (net2 - net1 - (r2["grads_bytes"] - r1["grads_bytes"])) / n
+    h1, h2 = (info[k] for k in HEAD_RUNS)
+    over = lambda h: h["peak"] - h["base"] - V * D * 4 - h["G"] * h["T"] * D * 4  # minus the grads
+    head_per_token = (over(h2) - over(h1)) / (h2["chunk"] - h1["chunk"])
+    return dict(spike=r1["peak"] - r1["end_rss"], per_token=per_token,
+                head0=over(h1) - head_per_token * h1["chunk"], head_per_token=head_per_token,
+                net=(2 * net1 - net2, net2 - net1))
 
 
 def activation_bytes(f, layers, n, N, c=chunk, checkpointing=True, D=3584, I=18944):
-    """The fit f at L layers, n tokens, N head tokens, chunk c. Without checkpointing each layer
-    also keeps its internals: (6 D + 4 I) values a token (norm, q/k/v, attention out, gate, up,
-    act, product), in bf16."""
-    b = f["a0"] + f["c_head"] * min(c, N) + (f["a1"] + layers * f["b1"]) * n
+    """What an update adds to static_bytes, counted as if all at one moment (an upper bound): the
+    gradient spike, the head's chunk of min(c, N) tokens, every layer's checkpointed input over n
+    tokens. Without checkpointing each layer also keeps (6 D + 4 I) bf16 values a token (norm,
+    q/k/v, attention out, gate, up, act, product)."""
+    b = f["spike"] + f["head0"] + f["head_per_token"] * min(c, N) + layers * f["per_token"] * n
     return b + (0 if checkpointing else layers * n * (6 * D + 4 * I) * 2)
 
 
-def eval_bytes(P, layers=28, D=3584, I=18944, kv=4 * 128):
+def rollout_bytes(layers=28, prompt=train_prompt, rows=12, new=T, D=3584, I=18944, V=152064,
+                  kv=4 * 128):
+    """A T-GRPO rollout's additions to the weights, arithmetic: the float32 KV cache of G + G~ rows
+    preallocated for prompt + new tokens, the prefill's largest transient (one layer over the two
+    prompts: hidden states and MLP) and the rows' float32 logits."""
+    cache = rows * (prompt + new) * layers * 2 * kv * 4
+    return cache + 2 * prompt * (2 * D + 3 * I) * 4 + rows * V * 4
+
+
+def eval_bytes(P, layers=28, D=3584, I=18944, kv=4 * 128, Dv=1280, Iv=3420):
     """eval.py at 64 frames, arithmetic only: bf16 weights, the KV cache of eval_batch rows of
-    prompt + new tokens, and the prefill's largest transient (one layer's MLP over every token)."""
+    prompt + new tokens, and the larger of two transients: the prefill's (one layer's hidden
+    states and MLP over every token) and the vision tower's (one block over 4 patches a token)."""
     tokens = eval_batch * eval_prompt
     cache = eval_batch * (eval_prompt + eval_new_tokens) * layers * 2 * kv * 2
-    return 2 * P + cache + tokens * (2 * D + 3 * I) * 2
+    return 2 * P + cache + max(tokens * (2 * D + 3 * I), 4 * tokens * (4 * Dv + 3 * Iv)) * 2
 
 
 def rows(results):
@@ -141,9 +157,7 @@ def rows(results):
     P, A, root = counts["total"], counts["lora"], counts["root"]
     text = config.text_config
     L, V, D = text.num_hidden_layers, text.vocab_size, text.hidden_size
-    roll = {r["layers"]: r["peak"] - r["base"] for r in results if r["part"] == "rollout"}
-    b_roll = roll[2] - roll[1]  # the rollout's per-layer part (the KV cache and prefill of a layer)
-    rollout_act = roll[1] + (L - 1) * b_roll
+    rollout_act = rollout_bytes(L)
     out = []
     for setup, tokens, heads, ref, strategies in [
             ("T-GRPO", train_prompt + G * T, G * T, True, [("ddp", 8), ("zero2", 8), ("zero3", 8),
@@ -162,17 +176,33 @@ def rows(results):
 
 
 def check(results):
-    """Each fit (net: over the weights; transient: over weights and gradients) from layers 1 and 2,
-    and the plain line through the 1- and 2-layer peaks, against the 4-layer run left out:
-    {name: (predicted, measured)}."""
+    """The fit from layers 1 and 2 against the 4-layer run left out, when it was measured (net and
+    peak): {name: (predicted, measured)}."""
     info = {r["run"]: r for r in results}
-    r1, r2, r4 = info[FIT_RUNS[0]], info[FIT_RUNS[1]], info[CHECK_RUN]
-    n, N = r4["prompt_len"] + r4["G"] * r4["T"], r4["G"] * r4["T"]
-    out = {"peak": (r1["peak"] + 3 * (r2["peak"] - r1["peak"]), r4["peak"])}
-    for name, above in (("net", "base"), ("transient", "end_rss")):
-        out[name] = (activation_bytes(fit(results, above), 4, n, N, c=r4["chunk"]),
-                     r4["peak"] - r4[above])
-    return out
+    if CHECK_RUN not in info:
+        return {}
+    (a, b), r1, r2, r4 = fit(results)["net"], info[FIT_RUNS[0]], info[FIT_RUNS[1]], info[CHECK_RUN]
+    return {"net": (a + 4 * b, r4["peak"] - r4["base"]),
+            "peak": (r1["peak"] + 3 * (r2["peak"] - r1["peak"]), r4["peak"])}
+
+
+def limits(results):
+    """Distance to this CPU's limits, one line each: the update's matmul FLOP/s over the core's
+    matmul peak (the largest run), decoding's bytes read per second over the copy bandwidth."""
+    lines = []
+    up = [r for r in results if "flops" in r]
+    if up:
+        r = max(up, key=lambda r: r["flops"])
+        rate = r["flops"] / r["seconds"]
+        lines.append(f"update ({r['run']}): {rate / 1e9:.1f} GFLOP/s, {rate / r['matmul_peak']:.0%} "
+                     f"of this core's float32 matmul peak {r['matmul_peak'] / 1e9:.1f} GFLOP/s")
+    dec = [r for r in results if "decode_bytes_per_s" in r]
+    if dec:
+        r = max(dec, key=lambda r: r["layers"])
+        lines.append(f"decoding ({r['run']}): {r['decode_bytes_per_s'] / 1e9:.2f} GB/s of weights read, "
+                     f"{r['decode_bytes_per_s'] / r['copy_bytes_per_s']:.0%} of this core's copy "
+                     f"bandwidth {r['copy_bytes_per_s'] / 1e9:.2f} GB/s")
+    return lines
 
 
 def markdown(table):
@@ -193,10 +223,13 @@ if __name__ == "__main__":
     results = [json.loads(line) for line in open(bench_json)]
     f, counts, table = rows(results)
     print(f"parameters: {counts}")
-    print("fit (bytes): " + ", ".join(f"{k} {v:.4g}" for k, v in f.items()))
+    print("fit (GiB; per_token in bytes): " + ", ".join(
+        f"{k} {v / GiB:.3f}" if k not in ("per_token", "head_per_token", "net") else f"{k} {v}"
+        for k, v in f.items()))
     for name, (pred, meas) in check(results).items():
         print(f"4 layers, {name}: {meas / GiB:.2f} GiB measured, {pred / GiB:.2f} GiB from layers 1 "
               f"and 2 ({pred / meas - 1:+.1%})")
+    print("\n".join(limits(results)))
     print(f"Prediction per GPU from CPU measurements (python bench_memory.py && python memory.py), "
           f"T-GRPO: G = {G} x {T} tokens after a 16-frame prompt; SFT: one {sft_target}-token target.")
     print(markdown(table))

@@ -30,34 +30,43 @@ def test_static_bytes_lora_and_no_reference():
         memory.static_bytes("zero4", P=8)
 
 
-def fake_results(a0, c_head, a1, b1, prompt=100, G=2):
-    """bench_memory.json rows whose net follows the model exactly (base 1000)."""
-    out = []
-    for run, layers, chunk, T in [("update:1:128", 1, 128, 600), ("update:2:128", 2, 128, 600),
-                                  ("update:4:128", 4, 128, 600), ("update:1:64", 1, 64, 600),
-                                  ("update:1:64:48", 1, 64, 300)]:
-        n, N = prompt + G * T, G * T
-        net = a0 + c_head * min(chunk, N) + (a1 + layers * b1) * n
-        out.append(dict(run=run, part="update", layers=layers, chunk=chunk, T=T, G=G,
-                        prompt_len=prompt, base=1000, peak=1000 + net, end_rss=1000 + 50 * layers))
-    return out
+def fake_results(four_layers=False):
+    """bench_memory.json rows built from known parts (V = 10, D = 3): spike 50, 2 bytes a token a
+    layer, head 300 + 5 a chunk token, 100 bytes of gradients a layer, n = 100 + 2 x 600."""
+    update = lambda run, L: dict(run=run, part="update", layers=L, chunk=128, T=600, G=2,
+                                 prompt_len=100, base=1000, grads_bytes=300 + 100 * L,
+                                 end_rss=1000 + 300 + 100 * L, peak=1000 + 300 + 100 * L + 50 +
+                                 2 * 1300 * (L - 1))
+    head = lambda run, c, T: dict(run=run, part="head", layers=0, chunk=c, T=T, G=2, prompt_len=0,
+                                  base=1000, peak=1000 + 10 * 3 * 4 + 2 * T * 3 * 4 + 300 + 5 * c)
+    out = [update("update:1:128", 1), update("update:2:128", 2), head("head:0:128", 128, 4),
+           head("head:0:256:192", 256, 8)]
+    return out + [update("update:4:128", 4)] * four_layers
 
 
-def test_fit_recovers_the_parts_and_predicts_four_layers():
-    results = fake_results(a0=5e3, c_head=3.0, a1=7.0, b1=11.0)
-    f = memory.fit(results, above="base")
-    for k, v in dict(a0=5e3, c_head=3.0, a1=7.0, b1=11.0).items():
-        assert f[k] == pytest.approx(v, rel=1e-9)
-    # over the gradients (50 bytes a layer): the per-layer part loses 50 / n = 50 / 1300
-    assert memory.fit(results)["b1"] == pytest.approx(11.0 - 50 / 1300, rel=1e-9)
-    c = memory.check(results)
-    # 4 layers, n = 100 + 1200: 5000 + 3 * 128 + (7 + 44) * 1300 = 71684
-    assert c["net"][1] == 71684 and c["net"][0] == pytest.approx(71684)
-    assert c["transient"][1] == 71684 - 200 and c["transient"][0] == pytest.approx(71684 - 200)
-    # chunk 1024, without checkpointing: + 3 * (1024 - 128), and each layer keeps (6 D + 4 I) bf16
-    # values a token: D = 1, I = 2 -> 28 bytes
-    assert memory.activation_bytes(f, 4, 1300, 1200, c=1024, checkpointing=False, D=1, I=2) == \
-        pytest.approx(71684 + 3 * 896 + 4 * 1300 * 28)
+def test_fit_recovers_the_parts():
+    f = memory.fit(fake_results(), V=10, D=3)
+    expected = dict(spike=50, per_token=2, head0=300, head_per_token=5)
+    for k, v in expected.items():
+        assert f[k] == pytest.approx(v, rel=1e-9), k
+    # net = peak - base: 450 at 1 layer, 450 + 100 + 2 x 1300 = 3150 at 2 -> (-2250, 2700)
+    assert f["net"] == (-2250, 2700)
+    assert memory.check(fake_results()) == {}  # no 4-layer run: nothing to check
+    # 4 layers: net 300 + 400 + 50 + 2 x 1300 x 3 = 8550 = -2250 + 4 x 2700
+    assert memory.check(fake_results(four_layers=True))["net"] == (8550, 8550)
+
+
+def test_activation_and_rollout_bytes_by_hand():
+    f = dict(spike=50, per_token=2, head0=300, head_per_token=5)
+    # 28 layers, n = 7244, N = 6144, chunk 1024: 50 + 300 + 5 x 1024 + 28 x 2 x 7244
+    assert memory.activation_bytes(f, 28, 7244, 6144) == 50 + 300 + 5120 + 405664
+    assert memory.activation_bytes(f, 28, 7244, 512) == 50 + 300 + 2560 + 405664  # N < chunk
+    # without checkpointing each layer keeps (6 D + 4 I) bf16 values a token: D = 1, I = 2 -> 28
+    assert memory.activation_bytes(f, 1, 10, 8, checkpointing=False, D=1, I=2) == \
+        50 + 300 + 40 + 20 + 10 * 28
+    # cache 2 rows x 15 tokens x 1 layer x (k, v) x 1 x 4 bytes = 240; prefill 2 x 10 x 8 x 4 = 640;
+    # logits 2 x 3 x 4 = 24
+    assert memory.rollout_bytes(layers=1, prompt=10, rows=2, new=5, D=1, I=2, V=3, kv=1) == 904
 
 
 def test_qwen25_vl_7b_parameter_counts():
