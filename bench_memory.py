@@ -36,7 +36,7 @@ from configurator import configure
 from demo import make_tiny_checkpoint
 from model import VisionOnceLM, generate, head_logprobs, load_model, token_logprobs
 
-# part:layers:chunk[:T]. Chunk 128 at T = 96 is chunk 1024 at the paper's 768: 6 chunks a micro-batch
+# part:layers:chunk[:T]. Chunk 128 at T = 96 is chunk 1024 at the paper's 768: 6 chunks a batch
 runs = ("update:1:128,update:2:128,update:4:128,update:1:none,update:1:64,update:1:64:48,"
         "rollout:1:128,rollout:2:128")
 T = 96                     # completion tokens per row (the paper's 768 is 8x the CPU time)
@@ -59,7 +59,8 @@ QWEN25_VL_7B = dict(hidden_size=3584, intermediate_size=18944, num_attention_hea
 def rss(field):
     """VmRSS or VmHWM (peak) of this process in bytes; on a GPU the allocator's (peak) bytes."""
     if device == "cuda":
-        return torch.cuda.memory_allocated() if field == "VmRSS" else torch.cuda.max_memory_allocated()
+        peak = field == "VmHWM"
+        return torch.cuda.max_memory_allocated() if peak else torch.cuda.memory_allocated()
     with open("/proc/self/status") as f:
         line = next(l for l in f if l.startswith(field + ":"))
     return int(line.split()[1]) * 1024
@@ -96,7 +97,7 @@ def matmul_peak():
 
 
 def copy_bandwidth():
-    """Bytes/s of copying 512 MiB (read + write): the ceiling of decoding, which reads every weight."""
+    """Bytes/s of copying 512 MiB (read + write): the ceiling of decoding, which reads weights."""
     src = torch.ones(2 ** 27)
     dst = torch.empty_like(src)
     dst.copy_(src)
@@ -116,10 +117,12 @@ def build(layers):
         cfg = type(_.config).from_pretrained(tmp)
     t = cfg.text_config
     t.hidden_size, t.intermediate_size = w["hidden_size"], w["intermediate_size"]
-    t.num_attention_heads, t.num_key_value_heads = w["num_attention_heads"], w["num_key_value_heads"]
+    t.num_attention_heads = w["num_attention_heads"]
+    t.num_key_value_heads = w["num_key_value_heads"]
     t.head_dim, t.num_hidden_layers, t.vocab_size = 128, layers, w["vocab_size"]
     t.layer_types = ["full_attention"] * layers
-    t.rope_parameters = dict(rope_type="default", rope_theta=w["rope_theta"], mrope_section=[16, 24, 24])
+    t.rope_parameters = dict(rope_type="default", rope_theta=w["rope_theta"],
+                             mrope_section=[16, 24, 24])
     for k, v in w["vision"].items():
         setattr(cfg.vision_config, k, v)
     cfg.vision_config.depth = vision_depth
@@ -173,7 +176,7 @@ def one_run(part, layers, chunk, tokens):
         base = rss("VmRSS")
         reset_peak()
         t0 = clock()
-        every_id = list(range(hf.config.text_config.vocab_size))  # each row stops at its first token
+        every_id = list(range(hf.config.text_config.vocab_size))  # rows stop at their first token
         with autocast():
             res = generate(hf, batch, [G, G_shuffled], max_new_tokens, stop_ids=every_id)
         out.update(base=base, peak=rss("VmHWM"), seconds=clock() - t0,
@@ -189,11 +192,13 @@ def one_run(part, layers, chunk, tokens):
             step = ((t1 - t0) - (clock() - t1)) / 8
         skip = [*hf.model.visual.parameters(), *hf.get_input_embeddings().parameters()]  # not read
         read = weights - sum(p.numel() * p.element_size() for p in skip)
-        out.update(decode_step_seconds=step, decode_bytes_per_s=read / step, copy_bytes_per_s=copy_bandwidth())
+        out.update(decode_step_seconds=step, decode_bytes_per_s=read / step,
+                   copy_bytes_per_s=copy_bandwidth())
         return out
     batch = prompt_batch(tokenizer, 1)
     prompt_index = torch.zeros(G, dtype=torch.long)  # [G]
-    ids = torch.randint(0, tokenizer.vocab_size, (G, tokens), generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, tokenizer.vocab_size, (G, tokens), generator=g)  # [G, T]
     lengths = torch.full((G,), tokens)  # every row full length: the worst case
     policy = VisionOnceLM(hf, chunk)
     base = rss("VmRSS")
@@ -214,7 +219,7 @@ def one_run(part, layers, chunk, tokens):
     out.update(peak=rss("VmHWM"), seconds=clock() - t0, end_rss=rss("VmRSS"),
                grads_bytes=sum(p.grad.numel() * 4 for p in hf.parameters() if p.grad is not None))
     # matmul FLOPs (2 a multiply-add): each layer's weights over the n tokens forward, recomputed
-    # and backward (2x); the head's over the G * T completion tokens likewise (recomputed if chunked)
+    # and backward (2x); the head's over the G * T completion tokens likewise (recomputed: chunked)
     D, V = hf.config.text_config.hidden_size, hf.config.text_config.vocab_size
     layer = sum(p.numel() for p in hf.model.language_model.layers[0].parameters())
     n = out["prompt_len"] + G * tokens
@@ -225,7 +230,8 @@ def one_run(part, layers, chunk, tokens):
 
 def parse(run):
     part, layers, chunk, *tokens = run.split(":")
-    return part, int(layers), None if chunk == "none" else int(chunk), int(tokens[0]) if tokens else T
+    chunk = None if chunk == "none" else int(chunk)
+    return part, int(layers), chunk, int(tokens[0]) if tokens else T
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ gpu_check.py: the one check to run the day a GPU is at hand (under 10 minutes on
    (allocator peak above the weights, bf16 autocast), next to what the CPU measured for the same run
    (out/bench_memory.json, when present) and what memory.py's fit predicts; then the paper's shape
    (8 x 768 tokens, chunk 1024), the unchunked head at 1 layer, and the head alone both ways.
-3. Rollout tokens/s at real widths: the full 28-layer model (random weights, fp32 under bf16 autocast
-   as in tgrpo.py), G + G~ = 12 rows after a 16-frame prompt, `rollout_tokens` new tokens each.
+3. Rollout tokens/s at real widths: the full 28-layer model (random weights, fp32 under bf16
+   autocast as in tgrpo.py), G + G~ = 12 rows after a 16-frame prompt, `rollout_tokens` new
+   tokens each.
 One table at the end. --small=True shrinks the widths (the same code paths) for the CPU test.
 """
 import json
@@ -45,13 +46,14 @@ def demo_stage(script, cfg, out_dir, *flags):
     """Seconds of `demo_steps` steps of a stage script on the demo data, in its own process."""
     env = dict(os.environ, ACCELERATE_MIXED_PRECISION="bf16" if device == "cuda" else "no")
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, script, cfg, f"--out_dir={out_dir}", f"--max_steps={demo_steps}",
-                    "--gradient_checkpointing=True", *flags], env=env, check=True)
+    subprocess.run([sys.executable, script, cfg, f"--out_dir={out_dir}",
+                    f"--max_steps={demo_steps}", "--gradient_checkpointing=True", *flags],
+                   env=env, check=True)
     return time.perf_counter() - t0
 
 
 def rollout_tokens_per_s():
-    """Tokens/s of one rollout (12 rows, every row `rollout_tokens` long) of the full-depth model."""
+    """Tokens/s of one rollout (12 rows, each `rollout_tokens` long) of the full-depth model."""
     layers = 2 if small else 28
     bench_memory.vision_depth = 1 if small else 32
     hf, tokenizer = bench_memory.build(layers)
@@ -73,7 +75,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         sft = demo_stage("sft.py", "config/sft_demo.py", f"{tmp}/sft", "--eval_every=0",
                          "--n_samples=0", "--batch_size=2", "--micro_batch_size=2")
-        rl = demo_stage("tgrpo.py", "config/tgrpo_demo.py", f"{tmp}/tgrpo", f"--model_path={tmp}/sft",
+        rl = demo_stage("tgrpo.py", "config/tgrpo_demo.py", f"{tmp}/tgrpo",
+                        f"--model_path={tmp}/sft",
                         "--prompts_per_rank=2", "--num_iterations=1", "--sample_every=0")
     table.append(f"demo: {demo_steps} SFT steps {sft:.0f} s, {demo_steps} T-GRPO steps {rl:.0f} s")
     cpu = {}
@@ -88,7 +91,8 @@ def main():
         if small:
             T = min(T, 16)
         r = bench_memory.one_run(part, layers, chunk, T)
-        pred = a + b * layers if a is not None and run in memory.FIT_RUNS + (memory.CHECK_RUN,) else None
+        fitted = a is not None and run in memory.FIT_RUNS + (memory.CHECK_RUN,)
+        pred = a + b * layers if fitted else None
         theirs = cpu[run]["peak"] - cpu[run]["base"] if run in cpu else None
         table.append(f"| {run} | {gib(r['peak'] - r['base'])} | {gib(theirs)} | {gib(pred)} | "
                      f"{r['seconds']:.2f} |")

@@ -39,7 +39,8 @@ def qwen25_vl_7b(layers=28, vision_depth=32):
                          num_hidden_layers=layers, num_attention_heads=28, num_key_value_heads=4,
                          rope_parameters=dict(rope_type="default", rope_theta=1e6,
                                               mrope_section=[16, 24, 24])),
-        vision_config=dict(depth=vision_depth, hidden_size=1280, intermediate_size=3420, num_heads=16,
+        vision_config=dict(depth=vision_depth, hidden_size=1280, intermediate_size=3420,
+                           num_heads=16,
                            out_hidden_size=3584, fullatt_block_indexes=[7, 15, 23, 31]),
         tie_word_embeddings=False)
 
@@ -52,7 +53,8 @@ def param_counts(config):
     with torch.device("meta"):
         hf = Qwen2_5_VLForConditionalGeneration(config)
     total = sum(p.numel() for p in hf.parameters())
-    wrapped = sum(p.numel() for k, p in hf.named_parameters() if re.search(r"\.(layers|blocks)\.", k))
+    wrapped = sum(p.numel() for k, p in hf.named_parameters()
+                  if re.search(r"\.(layers|blocks)\.", k))
     lora = sum(lora_rank * (m.in_features + m.out_features) for k, m in hf.named_modules()
                if re.fullmatch(LORA_TARGETS["language"], k))
     return {"total": total, "root": total - wrapped, "lora": lora}
@@ -69,7 +71,7 @@ def static_bytes(strategy, P, n=8, A=0, root=0, reference=True, phase="update"):
            rollout gathers the full bf16 weights, 2P.
     fsdp:  fp32 shards of weights, grads and Adam 16P / n; the root unit (embeddings, head,
            merger) gathered in bf16 for the whole pass, 2 root; the rollout summons the full fp32
-           weights 4P, which autocast copies to bf16 again, 2P.
+           weights 4P (views into the flat parameter, which autocast casts per use, not caches).
     lora:  (DDP) a bf16 base 2P; fp32 adapters A with grads, buckets (n > 1), Adam and bf16 copies.
     reference: + a bf16 reference 2P (full fine-tuning's T-GRPO; LoRA's is the base, adapters off).
     phase "rollout": no gradients (zeroed with set_to_none after each step).
@@ -84,7 +86,7 @@ def static_bytes(strategy, P, n=8, A=0, root=0, reference=True, phase="update"):
     elif strategy == "zero3":
         b = (2 + 4 + 8) * P / n + (2 + 4) * P / n * grads + 2 * P * (phase == "rollout")
     elif strategy == "fsdp":
-        b = (4 + 8) * P / n + 4 * P / n * grads + (2 * root if grads else 6 * P)
+        b = (4 + 8) * P / n + 4 * P / n * grads + (2 * root if grads else 4 * P)
     elif strategy == "lora":
         b = 2 * P + 4 * A + 8 * A + 2 * A + (4 * A + 4 * A * (n > 1)) * grads
     else:
@@ -150,7 +152,7 @@ def eval_bytes(P, layers=28, D=3584, I=18944, kv=4 * 128, Dv=1280, Iv=3420):
 
 
 def rows(results):
-    """(setup, strategy, GPUs, checkpointing, update bytes, rollout bytes) for the shipped configs."""
+    """(setup, strategy, GPUs, checkpointing, update bytes, rollout bytes), shipped configs."""
     f = fit(results)
     config = qwen25_vl_7b()
     counts = param_counts(config)
@@ -194,12 +196,14 @@ def limits(results):
     if up:
         r = max(up, key=lambda r: r["flops"])
         rate = r["flops"] / r["seconds"]
-        lines.append(f"update ({r['run']}): {rate / 1e9:.1f} GFLOP/s, {rate / r['matmul_peak']:.0%} "
+        lines.append(f"update ({r['run']}): {rate / 1e9:.1f} GFLOP/s, "
+                     f"{rate / r['matmul_peak']:.0%} "
                      f"of this core's float32 matmul peak {r['matmul_peak'] / 1e9:.1f} GFLOP/s")
     dec = [r for r in results if "decode_bytes_per_s" in r]
     if dec:
         r = max(dec, key=lambda r: r["layers"])
-        lines.append(f"decoding ({r['run']}): {r['decode_bytes_per_s'] / 1e9:.2f} GB/s of weights read, "
+        lines.append(f"decoding ({r['run']}): {r['decode_bytes_per_s'] / 1e9:.2f} GB/s of weights "
+                     "read, "
                      f"{r['decode_bytes_per_s'] / r['copy_bytes_per_s']:.0%} of this core's copy "
                      f"bandwidth {r['copy_bytes_per_s'] / 1e9:.2f} GB/s")
     return lines
@@ -227,9 +231,11 @@ if __name__ == "__main__":
         f"{k} {v / GiB:.3f}" if k not in ("per_token", "head_per_token", "net") else f"{k} {v}"
         for k, v in f.items()))
     for name, (pred, meas) in check(results).items():
-        print(f"4 layers, {name}: {meas / GiB:.2f} GiB measured, {pred / GiB:.2f} GiB from layers 1 "
+        print(f"4 layers, {name}: {meas / GiB:.2f} GiB measured, {pred / GiB:.2f} GiB from "
+              "layers 1 "
               f"and 2 ({pred / meas - 1:+.1%})")
     print("\n".join(limits(results)))
     print(f"Prediction per GPU from CPU measurements (python bench_memory.py && python memory.py), "
-          f"T-GRPO: G = {G} x {T} tokens after a 16-frame prompt; SFT: one {sft_target}-token target.")
+          f"T-GRPO: G = {G} x {T} tokens after a 16-frame prompt; SFT: one {sft_target}-token "
+          "target.")
     print(markdown(table))
