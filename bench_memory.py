@@ -90,10 +90,10 @@ def matmul_peak():
     """FLOP/s of one big float32 matmul on this core: the ceiling the update's matmuls meet."""
     a, b = torch.randn(1024, 3584), torch.randn(3584, 4096)
     a @ b
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(3):
         a @ b
-    return 3 * 2 * 1024 * 3584 * 4096 / (time.perf_counter() - t0)
+    return 3 * 2 * 1024 * 3584 * 4096 / (clock() - t0)
 
 
 def copy_bandwidth():
@@ -101,10 +101,10 @@ def copy_bandwidth():
     src = torch.ones(2 ** 27)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    t0 = time.perf_counter()
+    t0 = clock()
     for _ in range(3):
         dst.copy_(src)
-    return 3 * 2 * src.numel() * 4 / (time.perf_counter() - t0)
+    return 3 * 2 * src.numel() * 4 / (clock() - t0)
 
 
 def build(layers):

@@ -107,9 +107,9 @@ def fit(results, V=152064, D=3584):
               agrees): one [V, D] gradient buffer in flight at the end of the backward
     per_token each layer's bytes a token: its checkpointed input and the prompt's keys/values
               (the 2-layer update's net minus the 1-layer's, minus one layer's gradients, over n)
-    head0, head_per_token: the head's backward over its own weight gradient, as head0 +
-              head_per_token * chunk (two head-alone runs): the chunk's logits, softmax and
-              their gradients, and the chunk's [V, D] weight gradient before it is summed
+    head      the head's backward over its own weight gradient (the larger of two head-alone
+              runs, chunks of 128 and 256 tokens: they agree, both ~2 more [V, D] buffers, the
+              chunk's weight gradient and the sum it goes into)
     net       (a, b): the update's peak over its weights, a + b * layers (from 1 and 2 layers)"""
     info = {r["run"]: r for r in results}
     r1, r2 = (info[k] for k in FIT_RUNS)
@@ -118,18 +118,17 @@ def fit(results, V=152064, D=3584):
     per_token = (net2 - net1 - (r2["grads_bytes"] - r1["grads_bytes"])) / n
     h1, h2 = (info[k] for k in HEAD_RUNS)
     over = lambda h: h["peak"] - h["base"] - V * D * 4 - h["G"] * h["T"] * D * 4  # minus the grads
-    head_per_token = (over(h2) - over(h1)) / (h2["chunk"] - h1["chunk"])
-    return dict(spike=r1["peak"] - r1["end_rss"], per_token=per_token,
-                head0=over(h1) - head_per_token * h1["chunk"], head_per_token=head_per_token,
+    return dict(spike=r1["peak"] - r1["end_rss"], per_token=per_token, head=max(over(h1), over(h2)),
                 net=(2 * net1 - net2, net2 - net1))
 
 
-def activation_bytes(f, layers, n, N, c=chunk, checkpointing=True, D=3584, I=18944):
+def activation_bytes(f, layers, n, N, c=chunk, checkpointing=True, D=3584, I=18944, V=152064):
     """What an update adds to static_bytes, counted as if all at one moment (an upper bound): the
-    gradient spike, the head's chunk of min(c, N) tokens, every layer's checkpointed input over n
-    tokens. Without checkpointing each layer also keeps (6 D + 4 I) bf16 values a token (norm,
-    q/k/v, attention out, gate, up, act, product)."""
-    b = f["spike"] + f["head0"] + f["head_per_token"] * min(c, N) + layers * f["per_token"] * n
+    gradient spike, the head's measured part plus three float32 [min(c, N), V] tensors of its
+    chunk (logits, probabilities, their gradient: too small to show at the measured chunks),
+    every layer's checkpointed input over n tokens. Without checkpointing each layer also keeps
+    (6 D + 4 I) bf16 values a token (norm, q/k/v, attention out, gate, up, act, product)."""
+    b = f["spike"] + f["head"] + 3 * min(c, N) * V * 4 + layers * f["per_token"] * n
     return b + (0 if checkpointing else layers * n * (6 * D + 4 * I) * 2)
 
 
@@ -216,8 +215,9 @@ def markdown(table):
         need = max(update, rollout)
         fits = " | ".join("yes" if need <= c * 1e9 else "no" for c in CARDS)
         ck = "-" if ckpt is None else "on" if ckpt else "off"
-        lines.append(f"| {setup} | {strategy} | {n} | {ck} | {update / 1e9:.1f} | "
-                     f"{rollout / 1e9:.1f} | {fits} |")
+        roll = f"{rollout / 1e9:.1f}" if rollout else "-"
+        lines.append(f"| {setup} | {strategy} | {n} | {ck} | {update / 1e9:.1f} | {roll} | "
+                     f"{fits} |")
     return "\n".join(lines)
 
 
@@ -228,7 +228,7 @@ if __name__ == "__main__":
     f, counts, table = rows(results)
     print(f"parameters: {counts}")
     print("fit (GiB; per_token in bytes): " + ", ".join(
-        f"{k} {v / GiB:.3f}" if k not in ("per_token", "head_per_token", "net") else f"{k} {v}"
+        f"{k} {v / GiB:.3f}" if k not in ("per_token", "net") else f"{k} {v}"
         for k, v in f.items()))
     for name, (pred, meas) in check(results).items():
         print(f"4 layers, {name}: {meas / GiB:.2f} GiB measured, {pred / GiB:.2f} GiB from "

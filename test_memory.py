@@ -33,13 +33,14 @@ def test_static_bytes_lora_and_no_reference():
 
 def fake_results(four_layers=False):
     """bench_memory.json rows built from known parts (V = 10, D = 3): spike 50, 2 bytes a token a
-    layer, head 300 + 5 a chunk token, 100 bytes of gradients a layer, n = 100 + 2 x 600."""
+    layer, head 300 + chunk (128, 256: the larger counts), 100 bytes of gradients a layer,
+    n = 100 + 2 x 600."""
     update = lambda run, L: dict(run=run, part="update", layers=L, chunk=128, T=600, G=2,
                                  prompt_len=100, base=1000, grads_bytes=300 + 100 * L,
                                  end_rss=1000 + 300 + 100 * L, peak=1000 + 300 + 100 * L + 50 +
                                  2 * 1300 * (L - 1))
     head = lambda run, c, T: dict(run=run, part="head", layers=0, chunk=c, T=T, G=2, prompt_len=0,
-                                  base=1000, peak=1000 + 10 * 3 * 4 + 2 * T * 3 * 4 + 300 + 5 * c)
+                                  base=1000, peak=1000 + 10 * 3 * 4 + 2 * T * 3 * 4 + 300 + c)
     out = [update("update:1:128", 1), update("update:2:128", 2), head("head:0:128", 128, 4),
            head("head:0:256:192", 256, 8)]
     return out + [update("update:4:128", 4)] * four_layers
@@ -47,7 +48,7 @@ def fake_results(four_layers=False):
 
 def test_fit_recovers_the_parts():
     f = memory.fit(fake_results(), V=10, D=3)
-    expected = dict(spike=50, per_token=2, head0=300, head_per_token=5)
+    expected = dict(spike=50, per_token=2, head=300 + 256)
     for k, v in expected.items():
         assert f[k] == pytest.approx(v, rel=1e-9), k
     # net = peak - base: 450 at 1 layer, 450 + 100 + 2 x 1300 = 3150 at 2 -> (-2250, 2700)
@@ -58,13 +59,14 @@ def test_fit_recovers_the_parts():
 
 
 def test_activation_and_rollout_bytes_by_hand():
-    f = dict(spike=50, per_token=2, head0=300, head_per_token=5)
-    # 28 layers, n = 7244, N = 6144, chunk 1024: 50 + 300 + 5 x 1024 + 28 x 2 x 7244
-    assert memory.activation_bytes(f, 28, 7244, 6144) == 50 + 300 + 5120 + 405664
-    assert memory.activation_bytes(f, 28, 7244, 512) == 50 + 300 + 2560 + 405664  # N < chunk
+    f = dict(spike=50, per_token=2, head=300)
+    # 28 layers, n = 7244, N = 6144, chunk 1024, V = 10:
+    # 50 + 300 + 3 x 1024 x 10 x 4 + 28 x 2 x 7244
+    assert memory.activation_bytes(f, 28, 7244, 6144, V=10) == 50 + 300 + 122880 + 405664
+    assert memory.activation_bytes(f, 28, 7244, 512, V=10) == 50 + 300 + 61440 + 405664  # N < chunk
     # without checkpointing each layer keeps (6 D + 4 I) bf16 values a token: D = 1, I = 2 -> 28
-    assert memory.activation_bytes(f, 1, 10, 8, checkpointing=False, D=1, I=2) == \
-        50 + 300 + 40 + 20 + 10 * 28
+    assert memory.activation_bytes(f, 1, 10, 8, checkpointing=False, D=1, I=2, V=10) == \
+        50 + 300 + 3 * 8 * 40 + 20 + 10 * 28
     # cache 2 rows x 15 tokens x 1 layer x (k, v) x 1 x 4 bytes = 240; prefill 2 x 10 x 8 x 4 = 640;
     # logits 2 x 3 x 4 = 24
     assert memory.rollout_bytes(layers=1, prompt=10, rows=2, new=5, D=1, I=2, V=3, kv=1) == 904
