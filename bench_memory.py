@@ -3,7 +3,7 @@ bench_memory.py: peak memory of one T-GRPO update and of a rollout at Qwen2.5-VL
 (hidden 3584, MLP 18944, 28/4 heads, vocabulary 152,064, vision width 1280), random weights, on CPU,
 with a few decoder layers; the fit fixed + per-layer part that memory.py turns into per-GPU numbers.
 
-    python bench_memory.py                       # the sweep below: ~20 min CPU, 4 layers need ~18 GiB
+    python bench_memory.py                   # the sweep below: ~20 min CPU, 4 layers need ~18 GiB
     python bench_memory.py --runs=update:1:128   # one run: part:layers:chunk[:completion tokens]
     python memory.py                             # the fit, its check and the table (reads the json)
 
