@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoTokenizer, DynamicCache, PreTrainedModel, StaticCache
+from torch.utils.checkpoint import checkpoint
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 import families
@@ -203,6 +204,72 @@ def cache_through_checkpointing(language_model):
             del layer._can_checkpoint_with_cache  # back to the class default, False
 
 
+# Tokens per LM-head chunk: 1024 x 152,064 words x 4 bytes = 0.62 GB of float32 logits at a time for
+# Qwen2.5-VL-7B (not R x T x V = 3.7 GB, several times over); 1024 rows still fill a GPU's matmul.
+LOGPROB_CHUNK = 1024
+
+
+def head_logprobs(lm_head, hidden, targets, temperature=1.0, chunk=LOGPROB_CHUNK):
+    """log_softmax(lm_head(hidden) / temperature) at targets, float32: [..., D], [...] -> [...].
+    `chunk` tokens at a time (None: all at once), in both passes: the backward recomputes each chunk's
+    logits and adds its weight gradient into ONE [V, D] buffer (ChunkedHeadLogprobs), so neither pass
+    holds more than one chunk's [chunk, V]. A DeepSpeed ZeRO-3 head (its weight is gathered only
+    inside the module's own call) takes the same chunks through activation checkpointing instead."""
+    h, t = hidden.flatten(0, -2), targets.flatten()  # [N, D], [N]
+    if chunk is None or hasattr(lm_head.weight, "ds_id"):
+        def logprobs(h, t):  # [n, D], [n] -> [n]; gathered logit - logsumexp: no 2nd [n, V] tensor
+            logits = lm_head(h).float() / temperature  # [n, V]
+            return logits.gather(-1, t[:, None]).squeeze(-1) - logits.logsumexp(-1)
+        parts = [logprobs(h, t)] if chunk is None else [checkpoint(logprobs, hc, tc, use_reentrant=False)
+                                                        for hc, tc in zip(h.split(chunk), t.split(chunk))]
+        return torch.cat(parts).view(targets.shape)
+    dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else None
+    return ChunkedHeadLogprobs.apply(h, lm_head.weight, t, temperature, chunk, dtype).view(targets.shape)
+
+
+class ChunkedHeadLogprobs(torch.autograd.Function):
+    """Log-probs of targets under softmax(h W^T / temperature), chunk rows at a time. d logp / d logits
+    = onehot(target) - softmax; backward: grad_h = g W and grad_W += g^T h per chunk, in place, where
+    autograd would keep one gradient per use of W plus their running sum. Matmuls in `dtype` (the
+    autocast dtype, as lm_head(h) would run) or W's; softmax and log-probs in float32."""
+
+    @staticmethod
+    def forward(ctx, h, weight, t, temperature, chunk, dtype):
+        with torch.autocast(h.device.type, enabled=False):
+            out = torch.empty(len(t), dtype=torch.float32, device=h.device)
+            for s in range(0, len(t), chunk):
+                logits = ChunkedHeadLogprobs.logits(h[s:s + chunk], weight, dtype, temperature)
+                out[s:s + chunk] = logits.gather(-1, t[s:s + chunk, None]).squeeze(-1) - logits.logsumexp(-1)
+        ctx.save_for_backward(h, weight, t)
+        ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # [N] -> grads of h [N, D] and W [V, D]
+        h, weight, t = ctx.saved_tensors
+        dtype = ctx.dtype or weight.dtype
+        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if ctx.needs_input_grad[1] else None
+        with torch.autocast(h.device.type, enabled=False):
+            for s in range(0, len(t), ctx.chunk):
+                hc, tc, gc = h[s:s + ctx.chunk], t[s:s + ctx.chunk], grad_out[s:s + ctx.chunk]
+                g = ChunkedHeadLogprobs.logits(hc, weight, ctx.dtype, ctx.temperature).softmax(-1)
+                g.mul_(-gc[:, None])
+                g[torch.arange(len(tc), device=g.device), tc] += gc
+                g = (g / ctx.temperature).to(dtype)  # d loss / d (h W^T), [n, V]
+                if grad_h is not None:
+                    grad_h[s:s + ctx.chunk] = (g @ weight.to(dtype)).to(h.dtype)
+                if grad_w is not None:  # float32: the sum over chunks loses nothing to bf16
+                    grad_w.addmm_(g.T.float(), hc.float())
+        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None
+
+    @staticmethod
+    def logits(h, weight, dtype, temperature):  # [n, D] -> float32 [n, V]
+        dtype = dtype or weight.dtype
+        return (h.to(dtype) @ weight.to(dtype).T).float() / temperature
+
+
 class VisionOnceLM(nn.Module):
     """Log-probs of completion tokens in ONE forward, each distinct visual and each prompt computed once.
 
@@ -214,15 +281,16 @@ class VisionOnceLM(nn.Module):
     prompts, recording their keys/values (SharedPromptCache), then over the R right-padded completions,
     row r attending to prompt prompt_index[r]: G completions of a prompt cost one prompt plus G
     completions, not G of both. Token t is predicted by the hidden state before it (the prompt's last
-    one for t = 0); LM head at those positions only, float32 log-softmax.
+    one for t = 0); LM head at those positions only, float32 log-softmax, in chunks (head_logprobs).
 
     Shapes: input_ids, attention_mask [P, Lp]; visuals list of P; prompt_index, lengths [R];
     completion_ids [R, T] -> log-probs [R, T] float32, 0 past each row's length.
     """
 
-    def __init__(self, hf):
+    def __init__(self, hf, logprob_chunk=LOGPROB_CHUNK):
         super().__init__()
         self.hf = hf
+        self.logprob_chunk = logprob_chunk  # tokens per chunk of the LM head (head_logprobs)
 
     def forward(self, input_ids, attention_mask, visuals, prompt_index, completion_ids, lengths, temperature=1.0):
         hf = base_model(self.hf)
@@ -247,9 +315,7 @@ class VisionOnceLM(nn.Module):
         if rows.reads != len(lm.layers):  # never score completions that did not see their prompt
             raise RuntimeError(f"{rows.reads} of {len(lm.layers)} layers read the prompt cache")
         hidden = torch.cat([prompt_hidden[prompt_index, -1:], hidden[:, :-1]], dim=1)  # [R, T, D] before tokens 0..T-1
-        logits = hf.lm_head(hidden).float() / temperature  # [R, T, V]
-        # log_softmax gathered = logit - logsumexp, without materialising a second [R, T, V] tensor
-        logp = logits.gather(-1, completion_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)  # [R, T]
+        logp = head_logprobs(hf.lm_head, hidden, completion_ids, temperature, self.logprob_chunk)  # [R, T]
         return logp.masked_fill(~completion_mask, 0.0)
 
 

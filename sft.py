@@ -56,6 +56,7 @@ adam_eps = 1e-8
 warmup_steps = 0
 grad_clip = 5.0
 gradient_checkpointing = True           # recompute activations in the backward pass
+logprob_chunk = 1024                    # tokens per LM-head chunk (model.head_logprobs); None: all
 seed = 42
 # logging and checkpoints
 log_with = None                         # "wandb", "tensorboard", or a list of them
@@ -246,7 +247,7 @@ def main():
         raise ValueError(f"val_rows={val_rows} must be a multiple of processes x "
                          f"micro_batch_size = "
                          f"{world * micro_batch_size}")
-    policy = engine.VisionOnceLM(hf)
+    policy = engine.VisionOnceLM(hf, logprob_chunk)
     optimizer, scheduler = common.make_optimizer(policy, lr, adam_betas, adam_eps, weight_decay,
                                                  total_steps, warmup_steps)
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)

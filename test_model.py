@@ -15,7 +15,7 @@ from transformers import AutoTokenizer, StaticCache
 import data
 from conftest import run_script
 from demo import make_tiny_checkpoint
-from model import (VisionOnceLM, continue_positions, embed_prompts, generate, load_model,
+from model import (VisionOnceLM, continue_positions, embed_prompts, generate, head_logprobs, load_model,
                    micro_batches, rope_positions, sample_next, stop_token_ids, token_logprobs)
 
 TEXTS = [data.QUESTION_TEMPLATE, *data.TYPE_TEMPLATE.values(), data.SYSTEM_PROMPT,
@@ -617,3 +617,61 @@ def test_sample_next_temperature_and_top_p():
 
 if __name__ == "__main__":
     ddp_half(*sys.argv[1:])
+
+
+def test_head_logprobs_in_chunks_equal_log_softmax_and_hold_one_chunk():
+    """Hand-made head: chunked log-probs and gradients equal log_softmax's, and no tensor kept for the
+    backward has more than one chunk's logits (unchunked keeps all N x V of them)."""
+    g = torch.Generator().manual_seed(0)
+    N, D, V, chunk = 10, 6, 40, 3
+    head = torch.nn.Linear(D, V, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(0.3 * torch.randn(V, D, generator=g))  # log-probs of order 1: 1e-6 ~ 8 eps
+    hidden = torch.randn(2, N // 2, D, generator=g, requires_grad=True)     # [2, 5, D]
+    targets = torch.randint(0, V, (2, N // 2), generator=g)                  # [2, 5]
+    weights = torch.randn(2, N // 2, generator=g)                           # [2, 5]
+    expected = F.log_softmax(hidden @ head.weight.T / 0.7, -1).gather(-1, targets[..., None])[..., 0]
+    (expected * weights).sum().backward()
+    grads = hidden.grad.clone(), head.weight.grad.clone()
+    for c in (None, chunk, N, 1024):
+        hidden.grad = head.weight.grad = None
+        largest = []
+        # the head's weight is held anyway (a parameter): count what else is kept for the backward
+        keep = lambda x: largest.append(0 if x.data_ptr() == head.weight.data_ptr() else x.numel()) or x
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda x: x):
+            logp = head_logprobs(head, hidden, targets, 0.7, c)             # [2, 5]
+        (logp * weights).sum().backward()
+        # a different but exact algorithm: equal to float32 rounding (a few eps of the value)
+        torch.testing.assert_close(logp, expected, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(hidden.grad, grads[0], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(head.weight.grad, grads[1], atol=1e-6, rtol=1e-6)
+        if c is None:
+            unchunked = logp.detach(), hidden.grad.clone(), head.weight.grad.clone()
+        for ours, theirs in zip((logp, hidden.grad, head.weight.grad), unchunked):
+            torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+        assert max(largest) >= N * V if c is None else max(largest) < min(c, N) * V + 1
+    # hand-computed: 2 words, logits [0, ln 3] -> log-probs [ln 1/4, ln 3/4]
+    two = torch.nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        two.weight.copy_(torch.tensor([[0.0], [torch.log(torch.tensor(3.0))]]))
+    logp = head_logprobs(two, torch.ones(3, 1), torch.tensor([0, 1, 1]), chunk=2)
+    torch.testing.assert_close(logp, torch.log(torch.tensor([0.25, 0.75, 0.75])), atol=1e-7, rtol=0)
+
+
+def test_chunked_head_equals_unchunked_on_the_tiny_model(loaded):
+    """VisionOnceLM with a 4-token LM-head chunk (the rows' 7 tokens cut across rows): log-probs and
+    every parameter's gradient equal the all-at-once head's within 1e-6 (float32, absolute or
+    relative: 8 eps)."""
+    model, tokenizer = loaded
+    batch = mixed_batch(tokenizer)
+    prompt_index, completion_ids, lengths = random_completions(tokenizer, [3, 2, 1, 2], T=7, seed=3)
+    weights = torch.randn(completion_ids.shape, generator=torch.Generator().manual_seed(4))  # [R, T]
+    run = lambda chunk: grads_of(model, lambda: token_logprobs(
+        VisionOnceLM(model, chunk), batch, prompt_index, completion_ids, lengths, 0.7), weights)
+    logp, grads = run(4)
+    ref_logp, ref_grads = run(None)
+    torch.testing.assert_close(logp, ref_logp, atol=1e-6, rtol=0)
+    assert grads.keys() == ref_grads.keys() and "lm_head.weight" in grads
+    for k in grads:
+        # the weight's gradient sums the chunks in another order: a few eps of its size
+        torch.testing.assert_close(grads[k], ref_grads[k], atol=1e-6, rtol=1e-6)

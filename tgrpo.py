@@ -84,6 +84,7 @@ adam_eps = 1e-8
 warmup_steps = 0
 grad_clip = 5.0
 gradient_checkpointing = True           # recompute activations in the backward pass
+logprob_chunk = 1024                    # tokens per LM-head chunk (model.head_logprobs); None: all
 seed = 42
 # logging and checkpoints
 log_with = None                         # "wandb", "tensorboard", or a list of them
@@ -436,8 +437,8 @@ def main():
     ref = None
     if beta > 0 and not lora_rank:  # with LoRA the reference is the policy with its adapters off
         ref, _ = engine.load_model(path, dtype=common.compute_dtype(accelerator), device=device)
-        ref.requires_grad_(False).eval()
-    policy = engine.VisionOnceLM(hf)
+        ref = engine.VisionOnceLM(ref.requires_grad_(False).eval(), logprob_chunk)
+    policy = engine.VisionOnceLM(hf, logprob_chunk)
     optimizer, scheduler = common.make_optimizer(policy, lr, adam_betas, adam_eps, weight_decay,
                                                  max_steps * num_iterations, warmup_steps)
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
