@@ -615,10 +615,6 @@ def test_sample_next_temperature_and_top_p():
     torch.testing.assert_close(counts, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.04, rtol=0)
 
 
-if __name__ == "__main__":
-    ddp_half(*sys.argv[1:])
-
-
 def test_head_logprobs_in_chunks_equal_log_softmax_and_hold_one_chunk():
     """Hand-made head: chunked log-probs and gradients equal log_softmax's, and no tensor kept for the
     backward has more than one chunk's logits (unchunked keeps all N x V of them)."""
@@ -675,3 +671,7 @@ def test_chunked_head_equals_unchunked_on_the_tiny_model(loaded):
     for k in grads:
         # the weight's gradient sums the chunks in another order: a few eps of its size
         torch.testing.assert_close(grads[k], ref_grads[k], atol=1e-6, rtol=1e-6)
+
+
+if __name__ == "__main__":
+    ddp_half(*sys.argv[1:])
