@@ -15,7 +15,7 @@ import data
 import demo_world
 import eval as ev
 import model as engine
-from conftest import BAD_MEDIA, bad_media, demo_config
+from conftest import BAD_MEDIA, bad_media, decode_or_misbehave, demo_config
 from demo import make_tiny_checkpoint
 
 REAL_GENERATE = engine.generate
@@ -191,6 +191,29 @@ def test_broken_media_is_isolated_recorded_and_retried(monkeypatch, demo, tmp_pa
     assert run_eval(monkeypatch, demo, **kw) == [1]
     s = summary_of(kw["out_dir"])["broken"]["all"]
     assert (s["n"], s["errors"]) == (2, len(BAD_MEDIA) - 1)
+
+
+def test_a_video_whose_decoder_hangs_is_an_error_answer_and_the_rest_are_answered(
+        monkeypatch, demo, tmp_path):
+    world, _ = demo
+    with open(os.path.join(world, "eval_demo.json")) as f:
+        rows = json.load(f)
+    good = next(r for r in rows if r["data_type"] == "video")
+    good_video = os.path.join(world, good["path"][2:])
+    shutil.copy(good_video, tmp_path / "hang.mp4")  # conftest.decode_or_misbehave never returns
+    rows = [dict(good, path=str(tmp_path / "hang.mp4"), problem_id=0),
+            dict(good, path=good_video, problem_id=1), dict(good, path=good_video, problem_id=2)]
+    (tmp_path / "eval_hang.json").write_text(json.dumps(rows))
+    monkeypatch.setattr(data, "decode_frames", decode_or_misbehave)
+    kw = dict(data_dir=str(tmp_path), benchmarks="hang", out_dir=str(tmp_path / "out"), limit=None)
+    assert run_eval(monkeypatch, demo, media_timeout=3, **kw) == [1, 1]  # batches of 2
+    records = ev.read_records(kw["out_dir"], ["hang"])
+    status = {pid: (r["status"], r.get("error", "")) for (_, pid, _), r in records.items()}
+    assert status[0][0] == "error" and status[0][1].startswith(
+        f"hung: decoding {tmp_path / 'hang.mp4'} took longer than media_timeout=3 s")
+    assert status[1] == status[2] == ("ok", "")
+    s = summary_of(kw["out_dir"])["hang"]["all"]
+    assert (s["n"], s["errors"]) == (2, 1)
 
 
 def test_bfloat16_weights_as_in_the_paper_config(monkeypatch, demo, tmp_path):
