@@ -2,7 +2,8 @@
 bench.py: what each speed lever of model.py is worth, measured side by side in one run. Run by hand, not in CI.
 
     python bench.py                                   # random-weight Qwen2.5-VL on CPU, about 10 minutes
-    python bench.py --parts=rollout,logprob          # some parts: rollout, logprob, sft, step, media, prefetch
+    python bench.py --parts=rollout,logprob          # some parts: rollout, logprob, sft, step, media,
+                                                     # prefetch, deadline
     python bench.py --device=cuda --dtype=bfloat16    # the same on a GPU
     python bench.py --family=qwen3_5 --parts=rollout,logprob,sft   # tiny hybrid Qwen3.5 (2*num_layers
                                                       # layers, 3 of 4 Gated DeltaNet), 224x224 = 7x7 tokens
@@ -37,6 +38,10 @@ visual tokens, 722 tokens in all.
    before the loop; every way gives the same losses (checked). Wall time (the background works in parallel
    to the model, so CPU time would not show it; it needs a free core), the first step's decode left out.
    Then eval's decode-once: 4 clips x 3 questions, decoded per question vs once per clip.
+7. deadline: the cost of media_timeout on the normal path: data.load_frames of the four clips above
+   (training setting) and of 32 demo clips (demo setting, when demo/world exists), in this thread
+   vs in a DecodeProcess child (the frames pickled back through a socket); alternating, best of
+   `repeats`, after the child has started. Wall time, and CPU time of this process + the child.
 """
 import ctypes
 import itertools
@@ -61,7 +66,7 @@ from model import VisionOnceLM, embed_prompts, generate, load_model, token_logpr
 device = "cpu"             # "cuda" on a GPU machine
 dtype = "float32"          # "bfloat16" on a GPU
 threads = 1                # torch CPU threads: 1 gives steady timings on a shared machine
-parts = "rollout,logprob,sft,step,media,prefetch"  # step, media, prefetch: Qwen2.5-VL only
+parts = "rollout,logprob,sft,step,media,prefetch,deadline"  # step..deadline: Qwen2.5-VL only
 family = "qwen2_5_vl"      # the tiny model's model_type: qwen2_5_vl, qwen3_vl, qwen3_5
 num_prompts = 2            # video prompts per rollout batch
 G = 8                      # ordered samples per prompt (paper)
@@ -307,7 +312,7 @@ MEDIA = [(640, 360, 10), (640, 360, 120), (1280, 720, 10), (1280, 720, 120)]
 SETTINGS = {"train": dict(max_frames=16, min_pixels=128 * 28 * 28, max_pixels=128 * 28 * 28),  # sft.py, tgrpo.py
             "eval": dict(max_frames=64, min_pixels=128 * 28 * 28, max_pixels=256 * 28 * 28)}  # config/eval_7b.py
 media_paths = {}
-if wanted & {"step", "media", "prefetch"}:
+if wanted & {"step", "media", "prefetch", "deadline"}:
     os.makedirs(media_dir, exist_ok=True)
     for w, h, s in MEDIA:
         media_paths[w, h, s] = os.path.join(media_dir, f"pan_{w}x{h}_{s}s.mp4")
@@ -456,6 +461,36 @@ if "prefetch" in wanted:
     rows_out.append((f"eval media, {len(clips)} clips x 3 questions at 64 frames, 256*28*28: decoded once per clip "
                      f"vs once per question", t_once, t_each, "-"))
 
+deadline_rows = []
+if "deadline" in wanted:
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu(pid):
+        """User + system CPU seconds of a live process (10 ms resolution)."""
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    jobs = [("the 4 clips above, training setting",
+             [{"media": media_paths[m], "data_type": "video"} for m in MEDIA],
+             dict(max_frames=16, video_min_pixels=128 * 28 * 28, video_max_pixels=128 * 28 * 28))]
+    if os.path.exists("demo/world/rl.json"):
+        demo_rows = [r for r in data.load_rows("demo/world/rl.json") if r["data_type"] == "video"]
+        jobs.append(("32 demo clips, demo setting (8 frames of 112x112)", demo_rows[:32],
+                     dict(max_frames=8, video_min_pixels=112 * 112, video_max_pixels=112 * 112)))
+    for what, clip_rows, settings in jobs:
+        data.load_frames(clip_rows[0], **settings, media_timeout=120)  # the child starts: untimed
+        child = data._decoders.this_thread.proc.pid
+        best = {None: [float("inf")] * 2, 120: [float("inf")] * 2}  # timeout -> [wall, cpu]
+        for _ in range(repeats):
+            for timeout in best:
+                c0, w0 = time.process_time() + cpu(child), time.perf_counter()
+                for row in clip_rows:
+                    data.load_frames(row, **settings, media_timeout=timeout)
+                wall, spent = time.perf_counter() - w0, time.process_time() + cpu(child) - c0
+                best[timeout] = [min(best[timeout][0], wall), min(best[timeout][1], spent)]
+        deadline_rows.append((what, *best[None], *best[120]))
+
 # report
 visual = hf.model.visual
 # multiply-adds per visual token: every block runs on its 4 patches, the merger once; the LM's layers once
@@ -495,3 +530,11 @@ if media_rows:
     for video, setting, shape, t_decode, t_patch in media_rows:
         print(f"| {video} | {setting} | {list(shape)} | {t_decode:.3f} | {t_patch:.3f} | "
               f"{shape[0] / (t_decode + t_patch):.0f} |")
+if deadline_rows:
+    print("\nmedia_timeout on the normal path: data.load_frames in this thread vs in its decode "
+          f"process (best of {repeats})")
+    print("\n| clips | wall, no deadline (s) | wall, deadline (s) | ratio | CPU, no deadline (s) | "
+          "CPU, deadline (s) | ratio |\n|---|---|---|---|---|---|---|")
+    for what, wall, spent, wall_d, spent_d in deadline_rows:
+        print(f"| {what} | {wall:.3f} | {wall_d:.3f} | {wall_d / wall:.3f}x | {spent:.2f} | "
+              f"{spent_d:.2f} | {spent_d / spent:.3f}x |")

@@ -1,23 +1,23 @@
 """
 Check a dataset file before a long run: every row validated, every media file decoded with the frame
-settings training will use, in parallel processes; a report of the bad rows, exit status 1 if there
+settings training will use, in parallel processes (a file that hangs the decoder or kills it is
+reported as such, and the check goes on); a report of the bad rows, exit status 1 if there
 is any, and optionally a clean copy without them. A bad file then costs nothing during training.
 
     python check_data.py data/Video-R1-data/Video-R1-260k.json --workers=64 \
         --clean=data/Video-R1-data/Video-R1-260k.clean.json
-    python check_data.py data/Video-R1-data/Video-R1-COT-165k.json --require_process=True --workers=64
+    python check_data.py data/Video-R1-data/Video-R1-COT-165k.json --require_process=True
     python check_data.py data/eval/eval_vsibench.json --max_frames=64 --video_max_pixels=200704
 
 The report (file, row, field or media path, reason) goes to <file name>.check.tsv.
 """
-import collections
 import json
 import os
 import re
 import sys
+import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 data_dir = None                         # media root (default: the file's folder, as training)
 max_frames = 16                         # the frame settings of the run to check for (the paper's)
@@ -27,8 +27,10 @@ video_max_pixels = 128 * 28 * 28
 image_min_pixels = 4 * 28 * 28
 image_max_pixels = 256 * 28 * 28
 family = "qwen2_5_vl"                   # the model's: frame sides in its units (qwen3_vl: 32 pixels)
+video_cap_floor_ratio = 1.05            # frame cap >= 1.05 x the floor: qwen-vl-utils (None: off)
+media_timeout = 120                     # s per media file: a decode that takes longer is bad media
 require_process = False                 # True for the COT file: every row needs its <think>
-workers = os.cpu_count() or 1           # decoding processes
+workers = os.cpu_count() or 1           # files decoded at once, each in its own process
 report = ""                             # report path (default: <file name>.check.tsv here)
 clean = ""                              # also write the file without its bad rows to this path
 
@@ -36,62 +38,40 @@ from configurator import configure
 
 config = configure(globals(), sys.argv[2:] if __name__ == "__main__" else [])  # argv[1] is the file
 
-import decord
-import torch
-
 import data
 import families
 
 
-def _quiet_worker():
-    torch.set_num_threads(1)  # the workers are the parallelism
-    # decord and ffmpeg print to stderr for every damaged file, over the progress line; the report
-    # has the reasons
-    decord.logging.set_level(decord.logging.QUIET)
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+_local = threading.local()  # .decoder: each worker thread's decode process
 
 
-def _decode_problem(job):
-    """Worker: ((media, data_type), load_frames settings) -> ((media, data_type), MediaError message
-    or None)."""
-    (media, data_type), settings = job
+def _decode_problem(key, settings, timeout):
+    """(media, data_type) -> the MediaError message of decoding it as training does, or None. In
+    the calling thread's own quiet data.DecodeProcess: a file that hangs (past `timeout` seconds)
+    or kills its decoder is a bad row like any other, and the check goes on."""
+    if not hasattr(_local, "decoder"):
+        _local.decoder = data.DecodeProcess(threads=1, quiet=True)  # the workers: the parallelism
     try:
-        data.load_frames({"media": media, "data_type": data_type}, **settings)
+        _local.decoder({"media": key[0], "data_type": key[1]}, settings, timeout)
     except data.MediaError as e:
-        return (media, data_type), str(e)
-    return (media, data_type), None
+        return str(e)
+    return None
 
 
-def decode_all(keys, settings, workers):
-    """Yield (key, MediaError message or None) for every (media, data_type) key, decoded in
-    `workers` processes. A decoder can also kill its process on a damaged file (decord has been seen
-    to segfault and abort): the files in flight are then decoded again one at a time, each in a
-    process of its own, to name the culprit."""
-    todo = collections.deque(keys)
-    while todo:
-        in_flight = {}  # future -> key
-        try:
-            with ProcessPoolExecutor(workers, initializer=_quiet_worker) as pool:
-                while todo or in_flight:
-                    while todo and len(in_flight) < 2 * workers:
-                        key = todo.popleft()
-                        in_flight[pool.submit(_decode_problem, (key, settings))] = key
-                    for future in wait(in_flight, return_when=FIRST_COMPLETED).done:
-                        yield future.result()
-                        del in_flight[future]
-        except BrokenProcessPool:
-            for key in in_flight.values():
-                with ProcessPoolExecutor(1, initializer=_quiet_worker) as alone:
-                    try:
-                        yield alone.submit(_decode_problem, (key, settings)).result()
-                    except BrokenProcessPool:
-                        yield key, f"the decoder crashed its process on {key[0]}"
+def decode_all(keys, settings, timeout, workers):
+    """Yield (key, MediaError message or None) for every (media, data_type) key, as they finish,
+    `workers` at a time (threads, each waiting on its decode process)."""
+    with ThreadPoolExecutor(workers, thread_name_prefix="check") as pool:
+        futures = {pool.submit(_decode_problem, key, settings, timeout): key for key in keys}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
 
 
-def check_rows(path, data_root=None, require_process=False, workers=1, progress=True, **media):
+def check_rows(path, data_root=None, require_process=False, workers=1, progress=True,
+               media_timeout=120, **media):
     """Validate every row of a dataset file and decode every media file of the valid rows exactly as
-    training reads it (media: load_frames' keywords), each distinct file once, in `workers`
-    processes.
+    training reads it (media: decode_frames' keywords), each distinct file once, `workers` at a
+    time, each decode stopped after media_timeout seconds (a "hung: ..." reason).
 
     Returns (items, problems): the file's rows, and one (row index, field or media path, reason) per
     bad row, in row order. E.g. [(3, "problem_type", "unknown value 'mcq'"), (7, "/d/v7.mp4", "video
@@ -116,7 +96,7 @@ def check_rows(path, data_root=None, require_process=False, workers=1, progress=
         users.setdefault((data.media_path(row["path"], root), row["data_type"]), []).append(i)
     t0 = shown = time.time()
     done = bad = 0
-    for key, reason in decode_all(users, media, workers):
+    for key, reason in decode_all(users, media, media_timeout, workers):
         done += 1
         if reason is not None:
             problems += [(i, key[0], reason) for i in users[key]]

@@ -2,8 +2,10 @@
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -131,3 +133,16 @@ def dataset_with_bad_media(src_json, folder, kinds_at):
     with open(out, "w") as f:
         json.dump(rows, f)
     return out, bad
+
+
+def decode_or_misbehave(row, **settings):
+    """data.decode_frames, except for files named hang* (never returns: a decoder that hangs) and
+    crash* (kills its own process: a decoder that segfaults). Tests monkeypatch data.decode_frames
+    with it; a data.DecodeProcess child imports it from here by name."""
+    name = os.path.basename(row["media"])
+    if name.startswith("hang"):
+        time.sleep(10**6)
+    if name.startswith("crash"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    import data
+    return data.decode_frames(row, **settings)

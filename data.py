@@ -10,15 +10,25 @@ multiples of 28 (Qwen3-VL: 32), 14x14 (16x16) patches, two frames per temporal p
 merged into one LLM token, so a visual costs t*h*w/4 tokens. Every function that depends on the
 family takes `family` (default Qwen2.5-VL); a visual dict records its family's name, and the model
 checks it.
-Resizing is bicubic with antialiasing on uint8 pixels, as in qwen-vl-utils (which the release used): images
-with PIL (bit-exact with the Hugging Face PIL image processor), videos with torch (what torchvision runs; fast,
-within one grey level of PIL).
+Resizing is bicubic with antialiasing, as in qwen-vl-utils 0.0.14 (which the release used): images
+with PIL (bit-exact with the Hugging Face PIL image processor); videos with torch in float32, clamped
+to [0, 255] and rounded once, the arithmetic of torchvision's tensor resize that qwen-vl-utils calls
+(an independent check found this path bit-identical to qwen-vl-utils on real clips; torch's uint8
+kernel, used before, was up to 11-14 grey levels off on single pixels, mean 0.1-0.2). Its cost:
+0.12 s vs 0.05 s for 16 frames 640x360 -> 448x252 on one CPU thread, hidden by data.prefetch.
 """
 import itertools
 import json
 import math
+import multiprocessing.connection
 import os
+import pickle
 import re
+import socket
+import subprocess
+import sys
+import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import decord
@@ -221,16 +231,30 @@ def _check_file(path, kind):
         raise MediaError(f"{kind} is an empty file: {path}")
 
 
+def video_pixel_cap(min_pixels, max_pixels, cap_floor_ratio=None):
+    """The per-frame pixel cap a video is resized under: max_pixels, or with a cap_floor_ratio at
+    least int(cap_floor_ratio * min_pixels). qwen-vl-utils 0.0.14 (the release) does this with
+    1.05, so with floor = cap = 128*28*28 its cap is 105,369, and a 480x320 video trains at 252x392
+    rather than 252x364.
+    >>> video_pixel_cap(100352, 100352, 1.05), video_pixel_cap(100352, 3136)
+    (105369, 3136)"""
+    if cap_floor_ratio is None:
+        return max_pixels
+    return max(max_pixels, int(min_pixels * cap_floor_ratio))
+
+
 def load_video(path, max_frames=16, fps=2.0, min_pixels=VIDEO_MIN_PIXELS, max_pixels=128 * 28 * 28,
-               family=QWEN2_5_VL):
+               family=QWEN2_5_VL, cap_floor_ratio=None):
     """Decode the frames picked by video_frame_indices -> (frames [T,3,H,W] in [0,1], time).
 
     time, in the family's form: Qwen2.5-VL second_per_grid_t = seconds covered by one 2-frame patch
     (a 4 s clip sampled at 8 frames -> 2/(8/4) = 1.0); Qwen3-VL the list of each sampled frame's
     time in seconds, frame index / the video's fps (the processor's rule; timestamps come from it).
-    A max_pixels below min_pixels wins: load_video(p, max_pixels=56*56) gives 56x56 frames, not upscaled ones.
+    The cap is video_pixel_cap(min_pixels, max_pixels, cap_floor_ratio). A cap below min_pixels
+    wins: load_video(p, max_pixels=56*56) gives 56x56 frames, not upscaled ones.
     Raises MediaError for a missing, empty, damaged or too short file.
     """
+    max_pixels = video_pixel_cap(min_pixels, max_pixels, cap_floor_ratio)
     min_pixels = min(min_pixels, max_pixels)
     _check_file(path, "video")
     try:
@@ -246,13 +270,14 @@ def load_video(path, max_frames=16, fps=2.0, min_pixels=VIDEO_MIN_PIXELS, max_pi
     # smart_resize raise ValueError for a video too short or too thin to use.
     except Exception as e:
         raise MediaError(f"cannot decode video {path}: {_reason(e)}") from e
-    frames = torch.from_numpy(frames).permute(0, 3, 1, 2)  # [T,3,H,W] uint8
-    if (h, w) != frames.shape[2:]:
-        frames = torch.nn.functional.interpolate(frames, size=(h, w), mode="bicubic", antialias=True)  # [T,3,h,w]
+    frames = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # [T,3,H,W] in 0..255
+    if (h, w) != frames.shape[2:]:  # torchvision's tensor resize (qwen-vl-utils): float, then rounded
+        frames = torch.nn.functional.interpolate(frames, size=(h, w), mode="bicubic", antialias=True)
+        frames = frames.clamp(0, 255).round()                                             # [T,3,h,w]
     if family.timestamps:
-        return frames.float() / 255, [i / native_fps for i in indices]
+        return frames / 255, [i / native_fps for i in indices]
     effective_fps = len(frames) / (total / native_fps)
-    return frames.float() / 255, TEMPORAL_PATCH_SIZE / effective_fps
+    return frames / 255, TEMPORAL_PATCH_SIZE / effective_fps
 
 
 def load_image(path, min_pixels=4 * 28 * 28, max_pixels=256 * 28 * 28, family=QWEN2_5_VL):
@@ -341,16 +366,126 @@ def shuffle_order(T, generator, level="frame"):
     return (perm[:, None] * unit + torch.arange(unit)).flatten()  # [T] frame order
 
 
-def load_frames(row, max_frames=16, fps=2.0, video_min_pixels=VIDEO_MIN_PIXELS, video_max_pixels=128 * 28 * 28,
-                image_min_pixels=4 * 28 * 28, image_max_pixels=256 * 28 * 28, family=QWEN2_5_VL):
-    """Frames of a loaded row -> (frames [T,3,H,W], the video's time (load_video), None for images).
-    Raises MediaError (naming the file) when the media cannot be used."""
+def decode_frames(row, max_frames=16, fps=2.0, video_min_pixels=VIDEO_MIN_PIXELS,
+                  video_max_pixels=128 * 28 * 28, image_min_pixels=4 * 28 * 28,
+                  image_max_pixels=256 * 28 * 28, video_cap_floor_ratio=None, family=QWEN2_5_VL):
+    """Frames of a loaded row, decoded in this thread -> (frames [T,3,H,W], the video's time
+    (load_video) or None for images). Raises MediaError (naming the file) when they cannot be used."""
     if row["data_type"] == "video":
-        return load_video(row["media"], max_frames, fps, video_min_pixels, video_max_pixels, family)
+        return load_video(row["media"], max_frames, fps, video_min_pixels, video_max_pixels, family,
+                          video_cap_floor_ratio)
     return load_image(row["media"], image_min_pixels, image_max_pixels, family), None
 
 
-MEDIA_KEYS = ("max_frames", "fps", "video_min_pixels", "video_max_pixels", "image_min_pixels", "image_max_pixels")
+def load_frames(row, max_frames=16, fps=2.0, video_min_pixels=VIDEO_MIN_PIXELS,
+                video_max_pixels=128 * 28 * 28, image_min_pixels=4 * 28 * 28,
+                image_max_pixels=256 * 28 * 28, video_cap_floor_ratio=None,
+                media_timeout=None, family=QWEN2_5_VL):
+    """decode_frames, with a deadline when media_timeout (seconds) is set: the decode then runs in
+    this thread's DecodeProcess, and a file that takes longer is a MediaError starting "hung:"
+    (training replaces the row, evaluation records an error, check_data reports it). None: decode
+    in this thread, no deadline."""
+    settings = dict(max_frames=max_frames, fps=fps, video_min_pixels=video_min_pixels,
+                    video_max_pixels=video_max_pixels, image_min_pixels=image_min_pixels,
+                    image_max_pixels=image_max_pixels,
+                    video_cap_floor_ratio=video_cap_floor_ratio, family=family)
+    if media_timeout is None:
+        return decode_frames(row, **settings)
+    if not hasattr(_decoders, "this_thread"):
+        _decoders.this_thread = DecodeProcess()
+    return _decoders.this_thread(row, settings, media_timeout)
+
+
+class DecodeProcess:
+    """decode_frames in a child process that can be ended: the deadline on one media file.
+
+    A thread stuck inside decord cannot be stopped (and on 8 GPUs every other rank would wait for
+    it in the next collective); a process can be killed. So each decoding thread (the prefetch
+    thread, check_data's workers) hands its files to its own child, `python data.py`, waits at most
+    `timeout` seconds for the frames, and on a timeout kills the child; a fresh one starts with the
+    next file, and its start-up is not counted in the deadline. The child is a plain new
+    interpreter (no fork: safe beside threads and CUDA; it does not import the main script, as a
+    multiprocessing child would) with the parent's sys.path and torch thread count. The frames come
+    back pickled through a socket, one copy: bench.py --parts=deadline measures the cost. A child
+    that dies on a file (decord has been seen to segfault) is a MediaError as well.
+    threads: the child's torch threads (None: the parent's). quiet: the child writes nothing to
+    stderr (decord and ffmpeg complain about every damaged file).
+    """
+
+    def __init__(self, threads=None, quiet=False):
+        self.threads, self.quiet, self.proc, self.conn = threads, quiet, None, None
+
+    def start(self):
+        ours, theirs = socket.socketpair()
+        self.conn = multiprocessing.connection.Connection(ours.detach())
+        fd = theirs.detach()
+        threads = self.threads or torch.get_num_threads()
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), str(fd),
+                                      str(threads), str(int(self.quiet))], pass_fds=[fd])
+        os.close(fd)
+        weakref.finalize(self, self.proc.kill)
+        self.conn.send_bytes(pickle.dumps(sys.path))
+        if self.conn.recv_bytes() != b"ready":  # EOFError if it died starting: not a media error
+            raise RuntimeError("the decode process did not start")
+
+    def stop(self):
+        """Kill the child (if still running); returns its exit code."""
+        self.proc.kill()
+        code = self.proc.wait()
+        self.conn.close()
+        self.proc = self.conn = None
+        return code
+
+    def __call__(self, row, settings, timeout):
+        """decode_frames(row, **settings) in the child, within `timeout` seconds."""
+        if self.proc is None:
+            self.start()
+        # decode_frames is looked up now, so a test's monkeypatch (a module-level function) applies
+        self.conn.send_bytes(pickle.dumps((decode_frames, row, settings)))
+        if not self.conn.poll(timeout):
+            self.stop()
+            raise MediaError(f"hung: decoding {row['media']} took longer than media_timeout="
+                             f"{timeout} s; its decode process was ended")
+        try:
+            ok, result = pickle.loads(self.conn.recv_bytes())
+        except EOFError:
+            raise MediaError(f"the decoder crashed its process on {row['media']} "
+                             f"(exit code {self.stop()})") from None
+        if not ok:
+            raise result
+        return result
+
+
+_decoders = threading.local()  # .this_thread: the DecodeProcess of each thread that decodes
+
+
+def _serve(fd, threads, quiet):
+    """The child of a DecodeProcess: (fn, row, settings) in, (True, frames) or (False, error) out.
+    """
+    conn = multiprocessing.connection.Connection(fd)
+    sys.path[:] = pickle.loads(conn.recv_bytes())
+    torch.set_num_threads(threads)
+    if quiet:
+        decord.logging.set_level(decord.logging.QUIET)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    conn.send_bytes(b"ready")
+    while True:
+        try:
+            fn, row, settings = pickle.loads(conn.recv_bytes())
+        except EOFError:  # the parent has gone
+            return
+        try:
+            result = pickle.dumps((True, fn(row, **settings)))
+        except Exception as e:  # MediaError, or a bug: raised again in the parent
+            try:
+                result = pickle.dumps((False, e))
+            except Exception:  # an error that does not pickle
+                result = pickle.dumps((False, RuntimeError(f"{type(e).__name__}: {e}")))
+        conn.send_bytes(result)
+
+
+MEDIA_KEYS = ("max_frames", "fps", "video_min_pixels", "video_max_pixels", "image_min_pixels",
+              "image_max_pixels", "video_cap_floor_ratio", "media_timeout")
 
 
 def media_settings(config, family=QWEN2_5_VL):
@@ -435,7 +570,8 @@ def prefetch(fn, items):
     `for item in items: yield fn(item)`. A thread rather than a process: decord and torch release the GIL while
     they work, and fn may be any closure, its tensors need no copying and its exceptions come as they are (a
     background process measured about as fast: bench.py --parts=prefetch). Torch ops there use the process's
-    thread count (1 on the demo and under `accelerate launch`). fn must not run collectives or touch the GPU:
+    thread count (1 on the demo and under `accelerate launch`); with a media_timeout, load_frames hands each
+    decode on to this thread's DecodeProcess. fn must not run collectives or touch the GPU:
     the caller moves tensors to the device.
     """
     items = iter(items)
@@ -445,3 +581,7 @@ def prefetch(fn, items):
             result = pending.pop().result()
             pending = [pool.submit(fn, item) for item in itertools.islice(items, 1)]
             yield result
+
+
+if __name__ == "__main__":  # the child of a DecodeProcess: python data.py FD THREADS QUIET
+    _serve(*map(int, sys.argv[1:4]))

@@ -339,6 +339,58 @@ def chance_records(world=DEMO_WORLD, pool=64):
     return records
 
 
+TRAIN_FILES = ("warmup.json", "cot.json", "rl.json")  # every file of the world the demo trains on
+
+
+def media_digest(path, data_type):
+    """sha1 of a media file's decoded pixels (every frame as stored): two files with the same
+    picture are the same item to the model, whatever their bytes."""
+    import hashlib
+    import decord
+    import numpy as np
+    from PIL import Image
+    if data_type == "video":
+        vr = decord.VideoReader(path)
+        pixels = vr.get_batch(list(range(len(vr)))).asnumpy()
+    else:
+        with Image.open(path) as img:
+            pixels = np.asarray(img.convert("RGB"))
+    return hashlib.sha1(pixels.tobytes() + str(pixels.shape).encode()).hexdigest()
+
+
+def novel_ids(world=DEMO_WORLD):
+    """Which eval_demo.json rows are new: -> (problem_ids of the rows whose question (with its
+    options), answer and media pixels are those of no row of any training file, {family: (copies,
+    rows)}). The demo's content space is small (a few colours,
+    positions, letters), so many held-out rows repeat a training row exactly; accuracy on the
+    novel ones is the evidence about generalisation."""
+    import data
+    from rewards import extract_answer
+    digests = {}
+    key = lambda r: (data.question_text(r), extract_answer(r["solution"]),
+                     digests.get(r["media"]) or digests.setdefault(
+                         r["media"], media_digest(r["media"], r["data_type"])))
+    seen = {key(r) for name in TRAIN_FILES if os.path.isfile(os.path.join(world, name))
+            for r in data.load_rows(os.path.join(world, name))}
+    novel, repeats = set(), {}
+    for r in data.load_rows(os.path.join(world, "eval_demo.json")):
+        copy = key(r) in seen
+        repeats.setdefault(family(r), []).append(copy)
+        if not copy:
+            novel.add(r["problem_id"])
+    return novel, {f: (sum(xs), len(xs)) for f, xs in sorted(repeats.items())}
+
+
+def repeat_line(repeats):
+    """How much of the held-out set repeats training rows ({family: (copies, rows)}), in words."""
+    copies, rows = sum(c for c, _ in repeats.values()), sum(n for _, n in repeats.values())
+    fams = ", ".join(f"{f} {100 * c / n:.0f}%" + (" (no novel items)" if c == n else "")
+                     for f, (c, n) in repeats.items())
+    return (f"Repeat rate: {copies} of {rows} held-out questions ({100 * copies / rows:.1f}%) are "
+            f"exact copies (question, answer and pixels) of a row of {', '.join(TRAIN_FILES)}; "
+            f"by family: {fams}.")
+
+
 def results_table(scores):
     """{name: score_records(...)} -> Markdown: accuracy in %, ordered/shuffled frames, per family (o/s)."""
     pct = lambda x: "-" if x != x else f"{100 * x:.0f}"
@@ -390,6 +442,13 @@ if __name__ == "__main__":
     print(f"\nAccuracy in % on eval_demo.json ({n_eval} answers to held-out questions; o/s = ordered/shuffled "
           f"frames; gap = ordered - shuffled):\n")
     print(results_table(scores))
+    novel, repeats = novel_ids()
+    keep = lambda records: [r for r in records if r["problem_id"] in novel]
+    novel_scores = {"chance (blind guess)": score_records(keep(chance_records()))}
+    novel_scores.update({name: score_records(keep(read_answers(out))) for name, out in evals.items()})
+    print(f"\n{repeat_line(repeats)}\nAccuracy in % on the {len(novel)} novel questions alone (in no "
+          f"training file; families without any are left out):\n")
+    print(results_table(novel_scores))
     metrics = os.path.join(paths["tgrpo"], "metrics.jsonl")
     print(f"\nT-GRPO training, mean per tenth of the run:\n  reward   {text_curve(metrics)}\n"
           f"  accuracy {text_curve(metrics, 'reward_accuracy')}\n"

@@ -55,6 +55,8 @@ video_min_pixels = 128 * 28 * 28        # qwen-vl-utils' default floor
 video_max_pixels = 256 * 28 * 28        # the release's inference setting per frame
 image_min_pixels = 4 * 28 * 28
 image_max_pixels = 256 * 28 * 28
+video_cap_floor_ratio = 1.05            # frame cap >= 1.05 x the floor: qwen-vl-utils (None: off)
+media_timeout = 120                     # s per media file: a decode that takes longer is bad media
 # temporal reliance
 shuffle = False                         # also answer each video with shuffled frames: the gap
 shuffle_level = "frame"                 # "frame" (as T-GRPO) or "patch" (whole 2-frame patches)
@@ -85,7 +87,8 @@ THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 # settings that change the answers: resuming into an out_dir made with others would mix two runs
 RESULT_KEYS = ("model_path", "template", "max_new_tokens", "temperature", "top_p", "seed",
                "max_frames", "fps", "video_min_pixels", "video_max_pixels", "image_min_pixels",
-               "image_max_pixels", "shuffle_level", "shuffle_timestamps", "dtype")
+               "image_max_pixels", "video_cap_floor_ratio", "shuffle_level", "shuffle_timestamps",
+               "dtype")
 
 
 def refers_to_time(output):

@@ -108,7 +108,7 @@ def train_stats(out_dir):
             "bonus_moved": demo.mean(m["temporal_bonus_moved"] for m in video)}
 
 
-def run_seed(seed):
+def run_seed(seed, novel):
     root = os.path.join(out_root, f"seed{seed}")
     os.makedirs(root, exist_ok=True)
     run_all([(["sft.py", "config/sft_demo.py", *OVERLAY("sft"), *flags, f"--seed={seed}", f"--out_dir={root}/{arm}"],
@@ -130,7 +130,11 @@ def run_seed(seed):
             evals.append((["eval.py", "config/eval_demo.py", *OVERLAY("eval"), f"--model_path={root}/{arm}", "--shuffle=True",
                            f"--out_dir={out}"], f"{root}/eval_{arm}.log"))
     run_all(evals)
-    results = {arm: demo.score_records(demo.read_answers(os.path.join(root, f"eval_{arm}"))) for arm in ARMS}
+    results = {}
+    for arm in ARMS:
+        answers = demo.read_answers(os.path.join(root, f"eval_{arm}"))
+        results[arm] = demo.score_records(answers)
+        results[arm]["novel"] = demo.score_records([r for r in answers if r["problem_id"] in novel])
     for arm, flags in ARMS.items():
         if flags is not None:
             results[arm].update(train_stats(os.path.join(root, arm)))
@@ -143,8 +147,9 @@ def cell(values, scale=100, digits=1):
     return f"{statistics.mean(xs):.{digits}f} ± {sd:.{digits}f}"
 
 
-def tables(results, chance):
-    """{seed: {arm: scores}} -> Markdown tables of mean +- std over seeds (in %, lengths in tokens)."""
+def tables(results, chance, repeats):
+    """{seed: {arm: scores}} -> Markdown tables of mean +- std over seeds (in %, lengths in tokens);
+    repeats: demo.novel_ids' {family: (copies, rows)}."""
     arms = ["chance", *ARMS]
     get = lambda arm, *keys: [_dig(chance if arm == "chance" else results[s][arm], keys) for s in results]
     main = [("all", "accuracy, all"), ("video ordered", "videos ordered"), ("video shuffled", "videos shuffled"),
@@ -153,7 +158,15 @@ def tables(results, chance):
     for arm in arms:
         length = "-" if arm == "chance" else cell(get(arm, "length"), 1)
         lines.append(f"| {NAMES[arm]} | " + " | ".join(cell(get(arm, k)) for k, _ in main) + f" | {length} |")
-    fams = sorted((f for f in chance if isinstance(chance[f], dict)),
+    novel_fams = sorted((f for f in chance["novel"] if isinstance(chance["novel"][f], dict)),
+                        key=lambda f: (f not in demo.demo_world.ORDER_DEPENDENT, f))
+    lines += ["", f"Novel questions only (in no training file; families without any left out). "
+              f"{demo.repeat_line(repeats)}", "",
+              "| arm | all | " + " | ".join(novel_fams) + " |", "|---" * (len(novel_fams) + 2) + "|"]
+    for arm in arms:
+        lines.append(f"| {NAMES[arm]} | {cell(get(arm, 'novel', 'all'))} | "
+                     + " | ".join(cell(get(arm, "novel", f, "ordered")) for f in novel_fams) + " |")
+    fams = sorted((f for f in chance if isinstance(chance[f], dict) and f != "novel"),
                   key=lambda f: (f not in demo.demo_world.ORDER_DEPENDENT, f))
     lines += ["", "Per family: accuracy with ordered frames / with shuffled frames (videos), format rate and "
               "length of the answers (model arms):", "",
@@ -194,16 +207,19 @@ def _dig(d, keys):
 if __name__ == "__main__":
     t0 = time.time()
     ensure_demo_assets(model_type=family)
+    novel, repeats = demo.novel_ids()
     results = {}
     for seed in seeds:
-        results[seed] = run_seed(seed)
+        results[seed] = run_seed(seed, novel)
         print(f"seed {seed} done after {(time.time() - t0) / 60:.1f} min", flush=True)
     chance = demo.score_records(demo.chance_records())
+    chance["novel"] = demo.score_records([r for r in demo.chance_records() if r["problem_id"] in novel])
     os.makedirs(results_dir, exist_ok=True)
     minutes = (time.time() - t0) / 60
     text = (f"# GRPO vs T-GRPO on the demo world\n\n`python experiment.py {' '.join(sys.argv[1:])}` ({minutes:.0f} min "
             f"for this invocation, finished stages skipped; seeds {seeds}, {rl_steps} RL steps per arm; "
-            f"eval_demo.json; scores in %, mean ± standard deviation over seeds)\n\n{tables(results, chance)}\n")
+            f"eval_demo.json; scores in %, mean ± standard deviation over seeds)\n\n"
+            f"{tables(results, chance, repeats)}\n")
     with open(os.path.join(results_dir, "results.md"), "w") as f:
         f.write(text)
     with open(os.path.join(results_dir, "results.json"), "w") as f:

@@ -34,6 +34,8 @@ video_min_pixels = 128 * 28 * 28
 video_max_pixels = 128 * 28 * 28
 image_min_pixels = 4 * 28 * 28
 image_max_pixels = 256 * 28 * 28
+video_cap_floor_ratio = 1.05            # frame cap >= 1.05 x the floor: qwen-vl-utils (None: off)
+media_timeout = 120                     # s per media file: a decode that takes longer is bad media
 question_template = "train"             # "plain": the question alone (the demo's warm-up)
 target_format = "cot"                   # "cot": process + "\n" + solution (SPEC 4); "answer"
 max_length = 16384                      # longer samples are replaced and counted, never cut

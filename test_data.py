@@ -1,12 +1,12 @@
 """Tests for data.py: python -m pytest test_data.py -q (CPU, a few seconds)."""
 import collections
-import multiprocessing
 import json
 import os
 import re
-import signal
+import shutil
 import subprocess
 import sys
+import time
 
 import av
 import numpy as np
@@ -18,7 +18,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 
 import check_data
 import data
-from conftest import BAD_MEDIA, ROOT, bad_media, dataset_with_bad_media
+from conftest import BAD_MEDIA, ROOT, bad_media, dataset_with_bad_media, decode_or_misbehave
 from families import QWEN2_5_VL
 
 DEMO = dict(max_frames=8, fps=2.0, video_min_pixels=56 * 56, video_max_pixels=56 * 56,
@@ -325,6 +325,33 @@ def test_collate_rejects_wrong_placeholders():
             data.collate([prompt], [visual], tok)
 
 
+@pytest.mark.parametrize("height, width, release, plain", [
+    (320, 480, (252, 392), (252, 364)),   # CLEVRER's 480x320 videos
+    (480, 640, (280, 364), (252, 364))])  # 4:3
+def test_training_frames_follow_the_release_cap_rule(tmp_path, height, width, release, plain):
+    # qwen-vl-utils 0.0.14 raises the per-frame cap to int(1.05 * floor): with floor = cap =
+    # 128*28*28 (the paper's training setting) the cap is 105,369, not 100,352 (numbers from
+    # running qwen-vl-utils on such clips)
+    assert data.video_pixel_cap(128 * 28 * 28, 128 * 28 * 28, 1.05) == 105369
+    path = str(tmp_path / "v.mp4")
+    with av.open(path, "w") as c:
+        stream = c.add_stream("libx264", rate=2)
+        stream.width, stream.height = width, height
+        for _ in range(4):
+            c.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8),
+                                                           format="rgb24")))
+        c.mux(stream.encode())
+    paper = dict(max_frames=16, video_min_pixels=128 * 28 * 28, video_max_pixels=128 * 28 * 28)
+    video = {"media": path, "data_type": "video"}
+    assert data.load_frames(video, **paper, video_cap_floor_ratio=1.05)[0].shape[2:] == release
+    assert data.load_frames(video, **paper)[0].shape[2:] == plain
+    # the demo's 112x112 videos at min = max = 112*112 are the same either way; evaluation's cap
+    # (256*28*28) is above 1.05x its floor
+    cap = data.video_pixel_cap(112 * 112, 112 * 112, 1.05)
+    assert data.smart_resize(112, 112, 112 * 112, cap) == (112, 112)
+    assert data.video_pixel_cap(128 * 28 * 28, 256 * 28 * 28, 1.05) == 256 * 28 * 28
+
+
 def test_load_video_matches_decord(video_file):
     import decord
     path = video_file
@@ -335,8 +362,13 @@ def test_load_video_matches_decord(video_file):
     big, spg = data.load_video(path, max_frames=4, min_pixels=112 * 112, max_pixels=112 * 112)
     assert big.shape == (4, 3, 112, 112) and spg == 2.0  # 4 frames over 4 s: 1 fps, 2 s per patch
     assert data.load_video(path, max_pixels=56 * 56)[0].shape == (8, 3, 56, 56)  # not raised to the default min
-    # torch's uint8 bicubic+antialias resize stays within one grey level of PIL's (the image path, the HF oracle)
+    # the resize is torchvision's tensor arithmetic (what qwen-vl-utils runs): float32 bicubic with
+    # antialiasing, clamped and rounded once; torch's uint8 kernel differs by up to 14 grey levels
     raw = decord.VideoReader(path).get_batch([0, 5, 10, 15]).asnumpy()  # [4,56,56,3]
+    x = torch.from_numpy(raw).permute(0, 3, 1, 2).float()                 # [4,3,56,56]
+    float_path = torch.nn.functional.interpolate(x, size=(112, 112), mode="bicubic", antialias=True)
+    assert torch.equal(big, float_path.clamp(0, 255).round() / 255)
+    # and stays within one grey level of PIL's (the image path, the HF oracle)
     pil = np.stack([np.asarray(Image.fromarray(f).resize((112, 112), Image.BICUBIC)) for f in raw])
     pil = torch.from_numpy(pil).permute(0, 3, 1, 2).float() / 255  # [4,3,112,112]
     torch.testing.assert_close(big, pil, atol=1 / 255 + 1e-6, rtol=0)
@@ -424,24 +456,53 @@ def test_check_reports_every_bad_row_and_writes_a_clean_copy(world, tmp_path):
     assert len(items) == 30 and problems == []
 
 
-def test_check_names_a_file_that_crashes_the_decoder(world, tmp_path, monkeypatch):
-    # decord has been seen to segfault or abort on damaged files, killing the process: the check must survive
-    # that, name the file, and finish the others. Simulated by a load_frames that kills its process (SIGKILL)
-    # on one path (the workers are forked, so they inherit the patch).
+def misbehaving_copies(world, folder):
+    """A good demo video copied as hang.mp4 and crash.mp4 (see conftest.decode_or_misbehave)."""
+    out, files = world
+    video = out / next(r["path"] for r in files["rl"] if r["data_type"] == "video")
+    for name in ("hang.mp4", "crash.mp4"):
+        shutil.copy(video, folder / name)
+    return str(video), str(folder / "hang.mp4"), str(folder / "crash.mp4")
+
+
+def test_a_decode_past_the_deadline_or_a_crashed_decoder_is_bad_media(world, tmp_path, monkeypatch):
+    # A decoder that never returns cannot be stopped in a thread: load_frames with a media_timeout
+    # runs it in a child process, ends that after the deadline, and the next file decodes as usual.
+    good, hang, crash = misbehaving_copies(world, tmp_path)
+    video = lambda path: {"media": path, "data_type": "video"}
+    expected = data.load_frames(video(good), **DEMO)  # in this thread, no deadline
+    monkeypatch.setattr(data, "decode_frames", decode_or_misbehave)
+    got = data.load_frames(video(good), **DEMO, media_timeout=30)  # the child starts (not timed)
+    assert torch.equal(got[0], expected[0]) and got[1] == expected[1]
+    t0 = time.time()
+    with pytest.raises(data.MediaError, match=f"hung: decoding {re.escape(hang)} took longer "
+                                              f"than media_timeout=2 s"):
+        data.load_frames(video(hang), **DEMO, media_timeout=2)
+    assert time.time() - t0 < 10  # stopped at the deadline, not at the end of the sleep
+    with pytest.raises(data.MediaError, match=f"crashed its process on {re.escape(crash)} "
+                                              f"\\(exit code -9\\)"):
+        data.load_frames(video(crash), **DEMO, media_timeout=30)
+    got = data.load_frames(video(good), **DEMO, media_timeout=30)  # a fresh child
+    assert torch.equal(got[0], expected[0])
+    with pytest.raises(data.MediaError, match="video not found"):  # errors come back as they are
+        data.load_frames(video(str(tmp_path / "missing.mp4")), **DEMO, media_timeout=30)
+
+
+def test_check_reports_a_hung_and_a_crashing_file_and_goes_on(world, tmp_path, monkeypatch):
+    # decord has been seen to hang, segfault and abort on damaged files: the check must survive
+    # each, name the file, and finish the others.
     out, files = world
     rows = [dict(r, path=str(out / r["path"])) for r in files["rl"][:12]]
-    crash = rows[5]["path"]
+    _, hang, crash = misbehaving_copies(world, tmp_path)
+    rows[5].update(path=crash, data_type="video")
+    rows[8].update(path=hang, data_type="video")
     (tmp_path / "rl.json").write_text(json.dumps(rows))
-    real = data.load_frames
-    monkeypatch.setattr(data, "load_frames", lambda row, **kw: os.kill(os.getpid(), signal.SIGKILL)
-                        if row["media"] == crash else real(row, **kw))
-    method = multiprocessing.get_start_method()
-    multiprocessing.set_start_method("fork", force=True)
-    try:
-        items, problems = check_data.check_rows(str(tmp_path / "rl.json"), workers=2, progress=False, max_frames=8)
-    finally:
-        multiprocessing.set_start_method(method, force=True)
-    assert len(items) == 12 and problems == [(5, crash, f"the decoder crashed its process on {crash}")]
+    monkeypatch.setattr(data, "decode_frames", decode_or_misbehave)
+    items, problems = check_data.check_rows(str(tmp_path / "rl.json"), workers=2, progress=False,
+                                            max_frames=8, media_timeout=3)
+    assert len(items) == 12 and [(i, p) for i, p, _ in problems] == [(5, crash), (8, hang)]
+    assert problems[0][2] == f"the decoder crashed its process on {crash} (exit code -9)"
+    assert problems[1][2].startswith(f"hung: decoding {hang} took longer than media_timeout=3 s")
 
 
 def test_prefetch_gives_the_plain_results_in_order_while_computing_the_next_ahead():

@@ -42,3 +42,46 @@ def test_text_curve(tmp_path):
     path.write_text("".join(json.dumps({"step": i, "reward": float(i)}) + "\n" for i in range(20))
                     + json.dumps({"heldout": 1}) + "\n")
     assert demo.text_curve(str(path), bins=4) == "2.00 7.00 12.00 17.00"
+
+
+def test_novel_ids_by_hand(tmp_path):
+    # a hand-made world: an item is a repeat when a training file holds the same question (with its
+    # options), answer and pixels, whatever the file it sits in
+    import numpy as np
+    from PIL import Image
+    (tmp_path / "images").mkdir()
+    red = np.zeros((28, 28, 3), np.uint8)
+    red[4:12, 4:12] = (255, 0, 0)
+    blue = np.zeros((28, 28, 3), np.uint8)
+    blue[10:20, 10:20] = (0, 0, 255)
+    Image.fromarray(red).save(tmp_path / "images/a.png")
+    Image.fromarray(red).save(tmp_path / "images/b.png", compress_level=0)  # same pixels, other bytes
+    Image.fromarray(blue).save(tmp_path / "images/c.png")
+    opts = ["A. red", "B. blue"]
+
+    def row(pid, family, path, answer, options=opts, **kw):
+        return {"problem_id": pid, "problem": "What colour?", "data_type": "image", "options": options,
+                "problem_type": "multiple choice", "solution": f"<answer>{answer}</answer>",
+                "path": f"./images/{path}", "data_source": f"demo/{family}", **kw}
+
+    (tmp_path / "rl.json").write_text(json.dumps([row(0, "colour", "a.png", "A")]))
+    (tmp_path / "cot.json").write_text(json.dumps([row(1, "shape", "c.png", "B", process="<think>x</think>")]))
+    (tmp_path / "eval_demo.json").write_text(json.dumps([
+        row(10, "colour", "b.png", "A"),                            # a copy of rl.json's row
+        row(11, "colour", "b.png", "B"),                            # another answer
+        row(12, "colour", "c.png", "A"),                            # other pixels
+        row(13, "shape", "c.png", "B"),                             # a copy of cot.json's row
+        row(14, "shape", "c.png", "B", options=["A. blue", "B. red"])]))  # other options
+    novel, repeats = demo.novel_ids(str(tmp_path))
+    assert novel == {11, 12, 14}
+    assert repeats == {"colour": (1, 3), "shape": (1, 2)}
+    line = demo.repeat_line({**repeats, "ocr": (4, 4)})
+    assert "6 of 9 held-out questions (66.7%)" in line
+    assert "colour 33%, shape 50%, ocr 100% (no novel items)" in line
+
+
+def test_novel_table_leaves_out_families_without_novel_items():
+    records = [rec(0, "order", 1.0), rec(0, "order", 0.0, shuffled=True), rec(3, "colour", 0.0)]
+    s = demo.score_records([r for r in records if r["problem_id"] in {0}])
+    head, _, line = demo.results_table({"a": s}).splitlines()
+    assert "order (o/s)" in head and "colour" not in head and line.startswith("| a | 100 | 100 | 0 |")

@@ -1,6 +1,7 @@
 """Tests of the T-GRPO math (hand-made tensors) and of the trainer end to end on the demo."""
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -139,8 +140,27 @@ def test_policy_loss_matches_hand_computation(agg):
     t = lambda x: torch.tensor(x, dtype=torch.float64)
     loss, stats = policy_loss(t(LOGP), t(OLD), t(REF), t(ADV), t(MASK), eps=0.2, beta=0.04, loss_agg=agg)
     assert loss.item() == pytest.approx(scalar_loss(LOGP, OLD, REF, ADV, MASK, 0.2, 0.04, agg), abs=1e-12)
-    # ratios e^-0.4 (row 1) and e^0.2 = 1.2214 (row 2) are outside [0.8, 1.2]: 2 of 5 tokens
-    assert stats["clip_frac"] == pytest.approx(2 / 5)
+    # ratios e^-0.4 (row 1, A > 0) and e^0.2 = 1.2214 (row 2, A < 0) are outside [0.8, 1.2], but
+    # each on the side away from where its advantage pushes: the clip binds on none (the min keeps
+    # the unclipped term and its gradient); counting "outside the range" would say 2 of 5
+    assert (stats["clip_low"], stats["clip_high"], stats["clip_frac"]) == (0.0, 0.0, 0.0)
+
+
+def test_clip_shares_count_where_the_clip_binds_on_each_side():
+    # row 1, A = +1: ratios 1.3 (binds high: the surrogate is flat there), 0.7 (outside, no bind), 1
+    # row 2, A = -1: ratios 0.7 (binds low), 1.3 (outside, no bind), 1; row 3, A = 0: 1.3, 0.7
+    # masked from row 3's second token on. Tokens: 3 + 3 + 1 = 7; TRL's clip_ratio/low_mean and
+    # high_mean are 1/7 each, region 2/7; "outside [0.8, 1.2]" would be 5/7.
+    ratios = torch.tensor([[1.3, 0.7, 1.0], [0.7, 1.3, 1.0], [1.3, 0.7, 0.7]])
+    logp = torch.log(ratios).requires_grad_()
+    mask = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 0, 0]])
+    adv = torch.tensor([1.0, -1.0, 0.0])
+    loss, stats = policy_loss(logp, torch.zeros(3, 3), None, adv, mask, eps=0.2, beta=0.0,
+                              loss_agg="token-mean")
+    assert stats["clip_low"] == pytest.approx(1 / 7) and stats["clip_high"] == pytest.approx(1 / 7)
+    assert stats["clip_frac"] == pytest.approx(2 / 7)
+    loss.backward()  # exactly the binding tokens get no gradient (and row 3's A = 0 gives none)
+    assert (logp.grad[:2] == 0).tolist() == [[True, False, False], [True, False, False]]
 
 
 def test_policy_loss_literal_values():
@@ -172,7 +192,7 @@ def test_clip_engages_on_second_iteration():
     logp = torch.tensor([[-0.5, -0.95]], requires_grad=True)   # ratios e^0.5 (clipped), e^0.05
     loss, stats = policy_loss(logp, logp_old, None, torch.tensor([1.0]), torch.ones(1, 2), eps=0.2, beta=0.0)
     loss.backward()
-    assert stats["clip_frac"] == pytest.approx(0.5)
+    assert stats["clip_frac"] == stats["clip_high"] == pytest.approx(0.5) and stats["clip_low"] == 0
     assert logp.grad[0, 0].item() == 0.0
     assert logp.grad[0, 1].item() == pytest.approx(-math.exp(0.05) / 2)
 
@@ -283,7 +303,7 @@ def test_end_to_end_one_process(sft_run, tmp_path):
     m = read_metrics(out)
     assert [x["step"] for x in m] == [1, 2, 3]
     for key in ("reward_accuracy", "reward_format", "reward_temporal", "reward_length", "p_ordered", "p_shuffled",
-                "temporal_bonus_rate", "temporal_bonus_moved", "zero_spread_groups", "kl", "clip_frac", "completion_len", "completion_len_max", "truncated",
+                "temporal_bonus_rate", "temporal_bonus_moved", "zero_spread_groups", "kl", "clip_frac", "clip_low", "clip_high", "completion_len", "completion_len_max", "truncated",
                 "rollout_tok_s", "t_rollout", "t_reward", "t_logprob", "t_update"):
         assert key in m[-1] and m[-1][key] == m[-1][key], key   # present and not nan
     assert any(x["grad_norm"] > 0 for x in m)                    # the SFT model gives varied rewards
@@ -477,3 +497,55 @@ def test_update_on_zero_advantages_and_no_kl_leaves_the_weights_bit_identical(de
     assert unchanged == (advantage == 0.0)
     assert (stats["grad_norm"] == 0.0) == (advantage == 0.0) and stats["kl"] == 0.0
     assert scheduler.last_epoch == 2  # one schedule step per iteration, applied or not
+
+
+def test_a_video_whose_decoder_hangs_is_replaced_logged_and_resumes_exactly(demo_assets, tmp_path,
+                                                                             monkeypatch):
+    # One of 6 rows never decodes (conftest.decode_or_misbehave): its decode process is ended after
+    # media_timeout, the row is replaced like any bad media, the run finishes and resumes exactly.
+    import shutil
+    import data
+    from conftest import decode_or_misbehave, demo_config, read_metrics
+    world, tiny = demo_assets
+    with open(f"{world}/rl.json") as f:
+        rows = [r for r in json.load(f) if r["data_type"] == "video"][:6]
+    hang = str(tmp_path / "hang.mp4")
+    shutil.copy(f"{world}/{rows[0]['path'][2:]}", hang)
+    rows = [dict(r, path=f"{world}/{r['path'][2:]}") for r in rows]
+    rows[0]["path"] = hang
+    (tmp_path / "rl.json").write_text(json.dumps(rows))
+    monkeypatch.setattr(data, "decode_frames", decode_or_misbehave)
+    out = tmp_path / "out"
+
+    def run(**kw):
+        demo_config(monkeypatch, tgrpo, model_path=tiny, data_dir=str(tmp_path), out_dir=str(out),
+                    max_steps=2, save_every=1, keep_last=5, G=2, G_shuffled=1, prompts_per_rank=3,
+                    micro_batch_size=4, max_new_tokens=8, sample_every=0, media_timeout=3,
+                    max_bad_media_share=0.9, **kw)
+        tgrpo.main()
+        return [{k: v for k, v in x.items() if not k.startswith("t_") and k != "rollout_tok_s"}
+                for x in read_metrics(out)]
+
+    m = run()
+    logged = [line.split("\t") for line in (out / "bad_media.txt").read_text().splitlines()]
+    assert [x["step"] for x in m] == [1, 2] and m[-1]["bad_media"] >= 1
+    assert [p for _, p, _ in logged] == [hang]
+    assert logged[0][2].startswith(f"hung: decoding {hang} took longer than media_timeout=3 s")
+    assert all(rows[0]["problem_id"] not in r for x in m for r in x["problem_ids"])
+    log = (out / "bad_media.txt").read_text()
+    assert run(resume=str(out / "step_000001")) == m and (out / "bad_media.txt").read_text() == log
+
+
+@pytest.mark.parametrize("knob, value, message", [
+    ("G", 1, "G=1: must be at least 2"), ("G_shuffled", 0, "G_shuffled=0: must be at least 1"),
+    ("mu", -0.5, "mu=-0.5: must be >= 0"), ("eps", 0.0, "eps=0.0: must be > 0"),
+    ("beta", -0.01, "beta=-0.01"), ("alpha", -0.3, "alpha=-0.3"),
+    ("num_iterations", 0, "num_iterations=0"), ("temperature", 0.0, "temperature=0.0"),
+    ("top_p", 1.5, "top_p=1.5"), ("l_max", 100, "l_max=100: must be >= l_min"),
+    ("loss_agg", "mean", "loss_agg='mean'"), ("advantage_norm", "std", "advantage_norm='std'")])
+def test_knobs_are_checked_at_start_naming_the_knob(knob, value, message):
+    cfg = {k: getattr(tgrpo, k) for k in tgrpo.config}  # the paper's values pass
+    tgrpo.check_knobs(cfg)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tgrpo.check_knobs({**cfg, knob: value})
+    tgrpo.check_knobs({**cfg, "temporal": False, "G_shuffled": 0})  # plain GRPO needs none

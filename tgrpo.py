@@ -43,6 +43,8 @@ video_min_pixels = 128 * 28 * 28
 video_max_pixels = 128 * 28 * 28
 image_min_pixels = 4 * 28 * 28
 image_max_pixels = 256 * 28 * 28
+video_cap_floor_ratio = 1.05            # frame cap >= 1.05 x the floor: qwen-vl-utils (None: off)
+media_timeout = 120                     # s per media file: a decode that takes longer is bad media
 shuffle_level = "frame"                 # "frame" (release) or "patch" (whole 2-frame patches)
 shuffle_timestamps = "keep"             # Qwen3-VL: timestamps stay in order, or "follow" frames
 question_template = "train"
@@ -158,6 +160,8 @@ def policy_loss(logp, logp_old, logp_ref, advantages, mask, eps=0.2, beta=0.04,
     x = logp_ref - logp. "seq-mean": mean over each completion's tokens, then over completions;
     "token-mean": all tokens weigh the same.
     Example: one token, logp = logp_old, A = 1, no KL: loss = -1.
+    stats: "kl" and the shares of tokens where the clip binds, "clip_low" (ratio < 1 - eps, A < 0),
+    "clip_high" (ratio > 1 + eps, A > 0) and their sum "clip_frac" (token means).
     """
     mask = mask.to(logp.dtype)
     ratio = torch.exp(logp - logp_old)                           # [R, T]
@@ -175,8 +179,13 @@ def policy_loss(logp, logp_old, logp_ref, advantages, mask, eps=0.2, beta=0.04,
         loss = masked_mean(per_token, mask)
     else:
         raise ValueError(f"loss_agg must be 'seq-mean' or 'token-mean', got {loss_agg!r}")
-    clipped = ((ratio - 1).abs() > eps).to(mask.dtype)
-    stats = {"kl": masked_mean(kl, mask).item(), "clip_frac": masked_mean(clipped, mask).item()}
+    # where the clip binds (its gradient is 0), as TRL and verl count it: the ratio left the range
+    # on the side the advantage pushes it to; a ratio outside on the other side still learns
+    clip_low = ((ratio < 1 - eps) & (A < 0)).to(mask.dtype)     # [R, T]
+    clip_high = ((ratio > 1 + eps) & (A > 0)).to(mask.dtype)    # [R, T]
+    stats = {"kl": masked_mean(kl, mask).item(), "clip_low": masked_mean(clip_low, mask).item(),
+             "clip_high": masked_mean(clip_high, mask).item()}
+    stats["clip_frac"] = stats["clip_low"] + stats["clip_high"]
     return loss, stats
 
 
@@ -215,6 +224,37 @@ def bonus_moved(scores, norm="group", batch_std=None):
     diff = (group_advantages(with_bonus, norm, batch_std)
             - group_advantages(without, norm, batch_std))                            # [N, G]
     return (diff.abs().amax(dim=1) > 1e-3).tolist()                                   # [N]
+
+
+def check_knobs(cfg):
+    """Refuse T-GRPO settings that cannot train as meant, naming the knob. E.g. G = 1: every
+    advantage is 0 and the run would silently train on the KL term alone."""
+    rules = [("G", cfg["G"] >= 2, "at least 2 completions per group: advantages compare them"),
+             ("G_shuffled", not cfg["temporal"] or cfg["G_shuffled"] >= 1,
+              "at least 1 when temporal=True (p~ is their share correct)"),
+             ("mu", cfg["mu"] >= 0, ">= 0 (p >= mu * p~)"),
+             ("alpha", cfg["alpha"] >= 0, ">= 0 (a bonus)"),
+             ("omega", cfg["omega"] >= 0, ">= 0 (a bonus)"),
+             ("l_max", 0 <= cfg["l_min"] <= cfg["l_max"], ">= l_min >= 0"),
+             ("beta", cfg["beta"] >= 0, ">= 0 (0 skips the reference)"),
+             ("eps", cfg["eps"] > 0, "> 0 (the clip range [1 - eps, 1 + eps])"),
+             ("num_iterations", cfg["num_iterations"] >= 1, ">= 1"),
+             ("temperature", cfg["temperature"] > 0, "> 0 (sampling; logits are divided by it)"),
+             ("top_p", 0 < cfg["top_p"] <= 1, "in (0, 1]"),
+             ("max_new_tokens", cfg["max_new_tokens"] >= 1, ">= 1"),
+             ("prompts_per_rank", cfg["prompts_per_rank"] >= 1, ">= 1"),
+             ("micro_batch_size", cfg["micro_batch_size"] >= 1, ">= 1"),
+             ("correct_threshold", 0 <= cfg["correct_threshold"] < 1, "in [0, 1)"),
+             ("temporal_share", cfg["temporal_share"] in ("correct", "mean"),
+              "'correct' or 'mean'"),
+             ("shuffle_level", cfg["shuffle_level"] in ("frame", "patch"), "'frame' or 'patch'"),
+             ("loss_agg", cfg["loss_agg"] in ("seq-mean", "token-mean"),
+              "'seq-mean' or 'token-mean'"),
+             ("advantage_norm", cfg["advantage_norm"] in ("group", "none", "batch"),
+              "'group', 'none' or 'batch'")]
+    for knob, ok, want in rules:
+        if not ok:
+            raise ValueError(f"{knob}={cfg[knob]!r}: must be {want}")
 
 
 # ---------------------------------------------------------------------------- the phases of a step
@@ -334,12 +374,13 @@ def update(accelerator, policy, optimizer, scheduler, batch, c, advantages, logp
     """6. num_iterations optimizer steps on policy_loss over the completions c, in micro-batches
     whose losses are weighted so that their gradients sum to the whole batch's. "seq-mean" averages
     equal-sized per-rank means (DDP averages over ranks); "token-mean" weighs by the tokens of all
-    ranks. Returns {"loss", "kl", "clip_frac" (means over the iterations), "grad_norm" (the last)}.
+    ranks. Returns {"loss", "kl", "clip_frac", "clip_low", "clip_high" (means over the
+    iterations), "grad_norm" (the last)}.
     """
     R = len(advantages)
     n_tokens = accelerator.reduce(c["mask"].sum(), "sum").item() / accelerator.num_processes
     chunks = [slice(i, i + micro_batch_size) for i in range(0, R, micro_batch_size)]
-    stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
+    stats = dict.fromkeys(["loss", "kl", "clip_frac", "clip_low", "clip_high"], 0.0)
     for _ in range(num_iterations):
         for j, sl in enumerate(chunks):
             with common.sync_if_last(accelerator, policy, j, len(chunks)), accelerator.autocast():
@@ -354,7 +395,7 @@ def update(accelerator, policy, optimizer, scheduler, batch, c, advantages, logp
                 else:
                     weight = len(logp) / R
                 accelerator.backward(loss * weight)
-            for k, v in [("loss", loss.item()), ("kl", st["kl"]), ("clip_frac", st["clip_frac"])]:
+            for k, v in {**st, "loss": loss.item()}.items():
                 stats[k] += v * weight / num_iterations
         stats["grad_norm"] = common.optimizer_step(accelerator, policy, optimizer, scheduler,
                                                    grad_clip)
@@ -378,7 +419,8 @@ def step_metrics(accelerator, policy, inputs, scores, c, stats, batch_std, rollo
              "temporal_bonus_rate": per_video(any(s["temporal"]) for s in video),
              "temporal_bonus_moved": per_video(moved),
              "zero_spread_groups": zero_spread(totals).float().mean().item(),
-             "kl": stats["kl"], "clip_frac": stats["clip_frac"], "loss": stats["loss"],
+             "kl": stats["kl"], "clip_frac": stats["clip_frac"], "clip_low": stats["clip_low"],
+             "clip_high": stats["clip_high"], "loss": stats["loss"],
              "completion_len": c["lengths"].float().mean().item(),
              "truncated": c["truncated"].float().mean().item(),
              "rollout_tok_s": rollout_tokens / times["rollout"]}
@@ -401,12 +443,13 @@ def step_metrics(accelerator, policy, inputs, scores, c, stats, batch_std, rollo
 
 
 def log_line(m):
-    """The step's line: reward parts, p and p~, zero-spread share, KL, clip share, lengths, speed."""
+    """The step's line: reward parts, p and p~, zero-spread share, KL, the clip's binding shares
+    (low/high), lengths, speed."""
     return (f"step {m['step']:4d} | R {m['reward']:.3f} acc {m['reward_accuracy']:.3f} "
             f"fmt {m['reward_format']:.3f} tb {m['reward_temporal']:.3f} "
             f"len {m['reward_length']:.3f} | p {m['p_ordered']:.2f} p~ {m['p_shuffled']:.2f} "
             f"zero-spread {m['zero_spread_groups']:.2f} | kl {m['kl']:.4f} "
-            f"clip {m['clip_frac']:.3f} | len {m['completion_len']:.0f}/"
+            f"clip {m['clip_low']:.3f}/{m['clip_high']:.3f} | len {m['completion_len']:.0f}/"
             f"{m['completion_len_max']:.0f} trunc {m['truncated']:.2f} "
             f"bad media {m['bad_media']} | {m['rollout_tok_s']:.0f} tok/s | {m['t_step']:.1f}s "
             f"(media {m['t_media']:.1f} roll {m['t_rollout']:.1f} rew {m['t_reward']:.2f} "
@@ -424,6 +467,7 @@ def write_samples(step, inputs, scores, out, texts):
 
 def main():
     cfg = {k: globals()[k] for k in config}  # tests set the globals directly
+    check_knobs(cfg)
     accelerator = common.setup(seed, log_with)
     rank, world, master, device = (accelerator.process_index, accelerator.num_processes,
                                    accelerator.is_main_process, accelerator.device)
