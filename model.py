@@ -230,15 +230,17 @@ def head_logprobs(lm_head, hidden, targets, temperature=1.0, chunk=LOGPROB_CHUNK
 class ChunkedHeadLogprobs(torch.autograd.Function):
     """Log-probs of targets under softmax(h W^T / temperature), chunk rows at a time. d logp / d logits
     = onehot(target) - softmax; backward: grad_h = g W and grad_W += g^T h per chunk, in place, where
-    autograd would keep one gradient per use of W plus their running sum. Matmuls in `dtype` (the
-    autocast dtype, as lm_head(h) would run) or W's; softmax and log-probs in float32."""
+    autograd would keep one gradient per use of W plus their running sum. One [chunk, V] float32
+    tensor at a time, worked on in place. Matmuls in `dtype` (the autocast dtype, as lm_head(h) would
+    run) or W's; softmax, log-probs and grad_W's sum in float32."""
 
     @staticmethod
     def forward(ctx, h, weight, t, temperature, chunk, dtype):
+        w = weight.to(dtype or weight.dtype)  # one cast for all chunks (autocast caches it likewise)
+        out = torch.empty(len(t), dtype=torch.float32, device=h.device)
         with torch.autocast(h.device.type, enabled=False):
-            out = torch.empty(len(t), dtype=torch.float32, device=h.device)
             for s in range(0, len(t), chunk):
-                logits = ChunkedHeadLogprobs.logits(h[s:s + chunk], weight, dtype, temperature)
+                logits = ChunkedHeadLogprobs.logits(h[s:s + chunk], w, temperature)  # [n, V]
                 out[s:s + chunk] = logits.gather(-1, t[s:s + chunk, None]).squeeze(-1) - logits.logsumexp(-1)
         ctx.save_for_backward(h, weight, t)
         ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
@@ -247,27 +249,27 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):  # [N] -> grads of h [N, D] and W [V, D]
         h, weight, t = ctx.saved_tensors
-        dtype = ctx.dtype or weight.dtype
+        w = weight.to(ctx.dtype or weight.dtype)
         grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
             if ctx.needs_input_grad[1] else None
         with torch.autocast(h.device.type, enabled=False):
             for s in range(0, len(t), ctx.chunk):
                 hc, tc, gc = h[s:s + ctx.chunk], t[s:s + ctx.chunk], grad_out[s:s + ctx.chunk]
-                g = ChunkedHeadLogprobs.logits(hc, weight, ctx.dtype, ctx.temperature).softmax(-1)
-                g.mul_(-gc[:, None])
-                g[torch.arange(len(tc), device=g.device), tc] += gc
-                g = (g / ctx.temperature).to(dtype)  # d loss / d (h W^T), [n, V]
+                g = ChunkedHeadLogprobs.logits(hc, w, ctx.temperature)        # [n, V]
+                g.sub_(g.logsumexp(-1, keepdim=True)).exp_().mul_(-gc[:, None])  # -softmax * grad
+                g[torch.arange(len(tc), device=g.device), tc] += gc           # + onehot * grad
+                g.div_(ctx.temperature)                                       # d loss / d (h W^T)
                 if grad_h is not None:
-                    grad_h[s:s + ctx.chunk] = (g @ weight.to(dtype)).to(h.dtype)
-                if grad_w is not None:  # float32: the sum over chunks loses nothing to bf16
-                    grad_w.addmm_(g.T.float(), hc.float())
+                    grad_h[s:s + ctx.chunk] = (g.to(w.dtype) @ w).to(h.dtype)
+                if grad_w is not None:
+                    grad_w.addmm_(g.T, hc.float())
         return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None
 
     @staticmethod
-    def logits(h, weight, dtype, temperature):  # [n, D] -> float32 [n, V]
-        dtype = dtype or weight.dtype
-        return (h.to(dtype) @ weight.to(dtype).T).float() / temperature
+    def logits(h, w, temperature):  # [n, D] -> float32 [n, V] / temperature
+        logits = h.to(w.dtype) @ w.T
+        return (logits if logits.dtype == torch.float32 else logits.float()).div_(temperature)
 
 
 class VisionOnceLM(nn.Module):
