@@ -241,7 +241,8 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
         with torch.autocast(h.device.type, enabled=False):
             for s in range(0, len(t), chunk):
                 logits = ChunkedHeadLogprobs.logits(h[s:s + chunk], w, temperature)  # [n, V]
-                out[s:s + chunk] = logits.gather(-1, t[s:s + chunk, None]).squeeze(-1) - logits.logsumexp(-1)
+                picked = logits.gather(-1, t[s:s + chunk, None]).squeeze(-1)       # [n]
+                out[s:s + chunk] = picked - ChunkedHeadLogprobs.logsumexp(logits)
         ctx.save_for_backward(h, weight, t)
         ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
         return out
@@ -257,7 +258,8 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
             for s in range(0, len(t), ctx.chunk):
                 hc, tc, gc = h[s:s + ctx.chunk], t[s:s + ctx.chunk], grad_out[s:s + ctx.chunk]
                 g = ChunkedHeadLogprobs.logits(hc, w, ctx.temperature)        # [n, V]
-                g.sub_(g.logsumexp(-1, keepdim=True)).exp_().mul_(-gc[:, None])  # -softmax * grad
+                g.sub_(ChunkedHeadLogprobs.logsumexp(g)[:, None]).exp_()       # softmax, in place
+                g.mul_(-gc[:, None])                                          # -softmax * grad
                 g[torch.arange(len(tc), device=g.device), tc] += gc           # + onehot * grad
                 g.div_(ctx.temperature)                                       # d loss / d (h W^T)
                 if grad_h is not None:
@@ -265,6 +267,10 @@ class ChunkedHeadLogprobs(torch.autograd.Function):
                 if grad_w is not None:
                     grad_w.addmm_(g.T, hc.float())
         return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None
+
+    @staticmethod
+    def logsumexp(x, rows=16):  # [n, V] -> [n], a few rows at a time: no second [n, V] tensor
+        return torch.cat([x[i:i + rows].logsumexp(-1) for i in range(0, len(x), rows)])
 
     @staticmethod
     def logits(h, w, temperature):  # [n, D] -> float32 [n, V] / temperature
