@@ -49,14 +49,14 @@ def param_counts(config):
     """Exact parameter counts, from the model built on the meta device (no memory):
     total, root (what FSDP's root unit holds: all but decoder layers and vision blocks), lora."""
     from transformers import Qwen2_5_VLForConditionalGeneration
-    from model import LORA_TARGETS
+    from families import QWEN2_5_VL
     with torch.device("meta"):
         hf = Qwen2_5_VLForConditionalGeneration(config)
     total = sum(p.numel() for p in hf.parameters())
     wrapped = sum(p.numel() for k, p in hf.named_parameters()
                   if re.search(r"\.(layers|blocks)\.", k))
     lora = sum(lora_rank * (m.in_features + m.out_features) for k, m in hf.named_modules()
-               if re.fullmatch(LORA_TARGETS["language"], k))
+               if re.fullmatch(QWEN2_5_VL.lora_targets["language"], k))
     return {"total": total, "root": total - wrapped, "lora": lora}
 
 
